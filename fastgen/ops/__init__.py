@@ -1,0 +1,19 @@
+"""Fused operators: Triton kernels on CUDA (or the CPU under TRITON_INTERPRET=1), eager PyTorch elsewhere.
+
+Each is a `torch.library` op with its own autograd formula, traceable by torch.compile.
+"""
+from .backend import HAS_TRITON, TRITON_INTERPRET, triton_runs_on
+from .bce_kl_loss import bce_kl_loss
+from .linear_leaky_relu_dropout import linear_leaky_relu_dropout
+from .reparameterize import reparameterize
+from .rng import dropout_keep_mask
+
+__all__ = [
+    "HAS_TRITON",
+    "TRITON_INTERPRET",
+    "bce_kl_loss",
+    "dropout_keep_mask",
+    "linear_leaky_relu_dropout",
+    "reparameterize",
+    "triton_runs_on",
+]

@@ -1,0 +1,96 @@
+"""`bce_kl_loss`: the VAE loss per image, BCE-with-logits summed over pixels + KL to N(0, I)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .backend import define_op, launcher, triton_runs_on
+from .validation import check_same, check_shape, check_tensor
+
+_MAX_BLOCK = 1024
+
+
+def _blocks(D: int, L: int) -> dict:
+    from triton import next_power_of_2
+
+    return dict(BLOCK_D=min(next_power_of_2(max(D, 1)), _MAX_BLOCK), BLOCK_L=min(next_power_of_2(max(L, 1)), _MAX_BLOCK))
+
+
+@define_op("fastgen::bce_kl_loss")
+def _forward(logits: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Per-image loss in float32; all inputs contiguous, logits/target (B, D), mu/logvar (B, L)."""
+    if not triton_runs_on(logits.device):
+        bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none").sum(1)
+        lv = logvar.float()
+        return bce - 0.5 * (1.0 + lv - mu.float().pow(2) - lv.exp()).sum(1)
+    from .triton_latent import bce_kl_fwd_kernel as kernel
+
+    B, D = logits.shape
+    loss = torch.empty(B, dtype=torch.float32, device=logits.device)
+    if B:
+        launcher(kernel)[(B,)](logits, target, mu, logvar, loss, D, mu.shape[1], **_blocks(D, mu.shape[1]))
+    return loss
+
+
+@define_op("fastgen::bce_kl_loss_backward")
+def _backward_op(grad_loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, mu: torch.Tensor,
+                 logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if not triton_runs_on(logits.device):
+        g = grad_loss[:, None]
+        grad_logits = (g * (torch.sigmoid(logits.float()) - target.float())).to(logits.dtype)
+        grad_mu = (g * mu.float()).to(mu.dtype)
+        grad_logvar = (g * 0.5 * (logvar.float().exp() - 1.0)).to(logvar.dtype)
+        return grad_logits, grad_mu, grad_logvar
+    from .triton_latent import bce_kl_bwd_kernel as kernel
+
+    B, D = logits.shape
+    grad_logits, grad_mu, grad_logvar = torch.empty_like(logits), torch.empty_like(mu), torch.empty_like(logvar)
+    if B:
+        launcher(kernel)[(B,)](grad_loss, logits, target, mu, logvar, grad_logits, grad_mu, grad_logvar,
+                               D, mu.shape[1], **_blocks(D, mu.shape[1]))
+    return grad_logits, grad_mu, grad_logvar
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, grad_loss):
+    logits, target, mu, logvar = ctx.saved_tensors
+    grad_loss = grad_loss.float().contiguous()
+    grad_logits, grad_mu, grad_logvar = _backward_op(grad_loss, logits, target, mu, logvar)
+    grad_target = (-grad_loss[:, None] * logits.float()).to(target.dtype) if ctx.needs_input_grad[1] else None
+    return grad_logits, grad_target, grad_mu, grad_logvar
+
+
+_forward.register_autograd(_backward, setup_context=_setup_context)
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def bce_kl_loss(logits, target, mu, logvar, *, reduction: str = "mean") -> torch.Tensor:
+    """Per image: sum over pixels of BCE-with-logits(logits, target) + KL(N(mu, exp(logvar)) || N(0, I)).
+
+    `logits`/`target` are (B, ...) with targets in [0, 1]; `mu`/`logvar` are (B, L). The result is
+    float32: a (B,) vector for reduction="none", else its mean or sum over images.
+    """
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    for name, t in (("logits", logits), ("target", target), ("mu", mu), ("logvar", logvar)):
+        check_tensor(name, t)
+    check_shape("target", target, logits.shape, "logits")
+    check_tensor("mu", mu, ndim=2)
+    check_shape("logvar", logvar, mu.shape, "mu")
+    if logits.dim() < 1 or logits.shape[0] != mu.shape[0]:
+        raise ValueError(f"logits has shape {tuple(logits.shape)} but mu has {mu.shape[0]} rows (one per image)")
+    if torch.is_autocast_enabled(logits.device.type):  # losses are computed in float32, as torch's autocast does
+        logits, target, mu, logvar = logits.float(), target.float(), mu.float(), logvar.float()
+    check_same([("logits", logits), ("target", target), ("mu", mu), ("logvar", logvar)])
+    B = logits.shape[0]
+    per_image = _forward(logits.reshape(B, -1).contiguous(), target.reshape(B, -1).contiguous(),
+                         mu.contiguous(), logvar.contiguous())
+    if reduction == "mean":
+        return per_image.mean()
+    if reduction == "sum":
+        return per_image.sum()
+    return per_image

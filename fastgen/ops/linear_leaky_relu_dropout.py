@@ -1,0 +1,123 @@
+"""`linear_leaky_relu_dropout`: y = dropout(leaky_relu(x @ weight.T + bias)), one op on every device."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .backend import define_op, launcher, triton_runs_on
+from .rng import check_p, dropout_scale, eager_keep_mask, philox_key
+from .validation import check_same, check_slope, check_tensor
+
+
+def _input_precision(dtype: torch.dtype) -> str:
+    # Follow torch's own switch for fp32 matmuls instead of silently using TF32.
+    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+@define_op("fastgen::linear_leaky_relu_dropout")
+def _forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], key: torch.Tensor,
+             negative_slope: float, p: float) -> torch.Tensor:
+    if not triton_runs_on(x.device):  # eager fallback
+        y = F.leaky_relu(F.linear(x, weight, bias), negative_slope)
+        if p > 0.0:
+            y = y * eager_keep_mask(key, list(y.shape), p).to(y.dtype) * dropout_scale(p)
+        return y
+    from .triton_linear import linear_leaky_relu_dropout_fwd_kernel as kernel
+
+    M, K = x.shape
+    N = weight.shape[0]
+    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return y
+
+    def grid(meta):
+        return (((M + meta["BLOCK_M"] - 1) // meta["BLOCK_M"]) * ((N + meta["BLOCK_N"] - 1) // meta["BLOCK_N"]),)
+
+    launcher(kernel)[grid](
+        x, weight, bias if bias is not None else y, y, key, M, N, K,
+        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), negative_slope, p,
+        HAS_BIAS=bias is not None, HAS_DROPOUT=p > 0.0, INPUT_PRECISION=_input_precision(x.dtype),
+    )
+    return y
+
+
+@define_op("fastgen::linear_leaky_relu_dropout_grad_pre")
+def _grad_pre_activation(grad_y: torch.Tensor, y: torch.Tensor, key: torch.Tensor,
+                         negative_slope: float, p: float) -> torch.Tensor:
+    """dL/d(pre-activation) from dL/dy, the saved output and the regenerated mask."""
+    if not triton_runs_on(y.device):
+        grad_pre = torch.where(y > 0, grad_y, grad_y * negative_slope)
+        if p > 0.0:
+            grad_pre = grad_pre * eager_keep_mask(key, list(y.shape), p).to(grad_pre.dtype) * dropout_scale(p)
+        return grad_pre
+    from .triton_linear import linear_leaky_relu_dropout_bwd_kernel as kernel
+
+    grad_pre = torch.empty_like(y)
+    n = y.numel()
+    if n:
+        block = 1024
+        launcher(kernel)[((n + block - 1) // block,)](
+            grad_y, y, grad_pre, key, n, negative_slope, p, HAS_DROPOUT=p > 0.0, BLOCK=block
+        )
+    return grad_pre
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, key, negative_slope, p = inputs
+    # Only x, weight, the output and the 2-element key: no pre-activation, no mask.
+    ctx.save_for_backward(x, weight, output, key)
+    ctx.negative_slope, ctx.p = negative_slope, p
+
+
+def _backward(ctx, grad_y):
+    x, weight, y, key = ctx.saved_tensors
+    grad_pre = _grad_pre_activation(grad_y.contiguous(), y, key, ctx.negative_slope, ctx.p)
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    grad_x = grad_pre @ weight if need_x else None
+    grad_w = grad_pre.t() @ x if need_w else None
+    grad_b = grad_pre.sum(0) if need_b else None
+    return grad_x, grad_w, grad_b, None, None, None
+
+
+_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _new_seed() -> int:
+    # Drawn from torch's default CPU generator, so torch.manual_seed makes it reproducible.
+    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
+
+
+def linear_leaky_relu_dropout(x, weight, bias=None, *, negative_slope: float = 0.2, p: float = 0.0,
+                              seed=None, training: bool = True) -> torch.Tensor:
+    """y = dropout(leaky_relu(x @ weight.T + bias), p), fused into one kernel on CUDA.
+
+    `weight` is (out, in) like `nn.Linear`. The dropout mask is a function of `seed` (an int, or an
+    int64 tensor `(seed,)` / `(seed, step)` on x's device) and the element index; see
+    `dropout_keep_mask`. With `seed=None` a seed is drawn from torch's default generator.
+    """
+    check_tensor("x", x)
+    check_tensor("weight", weight, ndim=2)
+    tensors = [("x", x), ("weight", weight)]
+    if bias is not None:
+        check_tensor("bias", bias, ndim=1)
+        tensors.append(("bias", bias))
+    if x.dim() < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"x has shape {tuple(x.shape)} but weight {tuple(weight.shape)} needs last dimension {weight.shape[1]}")
+    if bias is not None and bias.shape[0] != weight.shape[0]:
+        raise ValueError(f"bias has {bias.shape[0]} elements but weight has {weight.shape[0]} output features")
+    negative_slope = check_slope(negative_slope)
+    p = check_p(p) if training else 0.0
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+        tensors = [("x", x), ("weight", weight)] + ([("bias", bias)] if bias is not None else [])
+    check_same(tensors)
+    if p > 0.0:
+        key = philox_key(_new_seed() if seed is None else seed, x.device)
+    else:
+        key = torch.zeros(2, dtype=torch.int64, device=x.device)
+    y = _forward(x.reshape(-1, x.shape[-1]), weight, bias, key, negative_slope, p)
+    return y.reshape(*x.shape[:-1], weight.shape[0])

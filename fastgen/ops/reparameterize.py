@@ -1,0 +1,89 @@
+"""`reparameterize`: z = mu + exp(0.5 * logvar) * eps, with eps drawn in-kernel from a Philox key."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .backend import define_op, launcher, triton_runs_on
+from .linear_leaky_relu_dropout import _new_seed
+from .rng import eager_normal, philox_key
+from .validation import check_same, check_shape, check_tensor
+
+_BLOCK = 1024
+
+
+def _grid(n: int):
+    return ((n + _BLOCK - 1) // _BLOCK,)
+
+
+def _noise(eps, key, like):
+    return eps if eps is not None else eager_normal(key, list(like.shape)).to(like.dtype)
+
+
+@define_op("fastgen::reparameterize")
+def _forward(mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor], key: torch.Tensor) -> torch.Tensor:
+    if not triton_runs_on(mu.device):
+        return mu + torch.exp(0.5 * logvar) * _noise(eps, key, mu)
+    from .triton_latent import reparameterize_fwd_kernel as kernel
+
+    z = torch.empty_like(mu)
+    if mu.numel():
+        launcher(kernel)[_grid(mu.numel())](mu, logvar, eps if eps is not None else mu, key, z, mu.numel(),
+                                            HAS_EPS=eps is not None, BLOCK=_BLOCK)
+    return z
+
+
+@define_op("fastgen::reparameterize_grad_logvar")
+def _grad_logvar(grad_z: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor], key: torch.Tensor) -> torch.Tensor:
+    if not triton_runs_on(logvar.device):
+        return 0.5 * grad_z * torch.exp(0.5 * logvar) * _noise(eps, key, logvar)
+    from .triton_latent import reparameterize_bwd_kernel as kernel
+
+    grad_logvar = torch.empty_like(logvar)
+    if logvar.numel():
+        launcher(kernel)[_grid(logvar.numel())](grad_z, logvar, eps if eps is not None else logvar, key, grad_logvar,
+                                                logvar.numel(), HAS_EPS=eps is not None, BLOCK=_BLOCK)
+    return grad_logvar
+
+
+def _setup_context(ctx, inputs, output):
+    mu, logvar, eps, key = inputs
+    ctx.has_eps = eps is not None
+    ctx.save_for_backward(logvar, eps if eps is not None else logvar, key)
+
+
+def _backward(ctx, grad_z):
+    logvar, eps, key = ctx.saved_tensors
+    eps = eps if ctx.has_eps else None
+    grad_z = grad_z.contiguous()
+    grad_logvar = _grad_logvar(grad_z, logvar, eps, key) if ctx.needs_input_grad[1] else None
+    grad_eps = grad_z * torch.exp(0.5 * logvar) if ctx.has_eps and ctx.needs_input_grad[2] else None
+    return grad_z, grad_logvar, grad_eps, None
+
+
+_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def reparameterize(mu, logvar, *, eps=None, seed=None) -> torch.Tensor:
+    """z = mu + exp(0.5 * logvar) * eps. Without `eps`, eps ~ N(0, I) is drawn in-kernel from `seed`.
+
+    `seed` is an int or an int64 tensor `(seed,)` / `(seed, step)` on mu's device; `None` draws one
+    from torch's default generator. Under autocast the latent math runs in float32.
+    """
+    check_tensor("mu", mu)
+    check_tensor("logvar", logvar)
+    check_shape("logvar", logvar, mu.shape, "mu")
+    if eps is not None:
+        check_tensor("eps", eps)
+        check_shape("eps", eps, mu.shape, "mu")
+    if torch.is_autocast_enabled(mu.device.type):
+        mu, logvar = mu.float(), logvar.float()
+        eps = eps.float() if eps is not None else None
+    check_same([("mu", mu), ("logvar", logvar)] + ([("eps", eps)] if eps is not None else []))
+    if eps is not None:
+        key = torch.zeros(2, dtype=torch.int64, device=mu.device)
+        eps = eps.contiguous()
+    else:
+        key = philox_key(_new_seed() if seed is None else seed, mu.device)
+    return _forward(mu.contiguous(), logvar.contiguous(), eps, key)

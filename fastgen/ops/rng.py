@@ -1,0 +1,136 @@
+"""Random keys for the fused ops.
+
+Every random draw in fastgen's ops is keyed by a *philox key*: an int64 tensor ``(seed, step)``
+on the op's device. The Triton kernels feed it to Philox-4x32-10 with counter
+``(element_index, step)``, so a mask is a pure function of (seed, step, element) and is never
+stored. Keeping the key in a device tensor lets a captured CUDA graph advance ``step`` on the
+device and draw a fresh mask on every replay.
+
+The CPU fallback draws from torch's CPU generator seeded from the same key: deterministic for a
+key, but a different stream from the GPU's. Native CPU kernels (``kernels/``) will replace it
+with the Philox stream itself.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .backend import triton_runs_on
+
+_MASK64 = (1 << 64) - 1
+
+
+def philox_key(seed, device: torch.device | str) -> torch.Tensor:
+    """Normalise ``seed`` (int, or int64 tensor of 1 or 2 elements) to an int64 ``(seed, step)`` tensor."""
+    device = torch.device(device)
+    if isinstance(seed, bool) or seed is None:
+        raise TypeError(f"seed must be an int or an int64 tensor, got {type(seed).__name__}")
+    if isinstance(seed, float):
+        raise TypeError(f"seed must be an int or an int64 tensor, got float {seed!r}")
+    if isinstance(seed, int):
+        return torch.tensor([seed & 0x7FFFFFFFFFFFFFFF, 0], dtype=torch.int64, device=device)
+    if not isinstance(seed, torch.Tensor):
+        raise TypeError(f"seed must be an int or an int64 tensor, got {type(seed).__name__}")
+    if seed.dtype != torch.int64:
+        raise TypeError(f"seed must be an int64 tensor, got dtype {seed.dtype}")
+    if seed.numel() not in (1, 2):
+        raise ValueError(f"seed must hold 1 (seed) or 2 (seed, step) elements, got {seed.numel()}")
+    if seed.device != device:
+        raise ValueError(f"seed is on {seed.device} but the inputs are on {device}")
+    if seed.numel() == 1:
+        return torch.cat([seed.reshape(1), seed.new_zeros(1)])
+    return seed.reshape(2)
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def torch_generator(key: torch.Tensor, device: torch.device, stream: int = 0) -> torch.Generator:
+    """A torch generator on `device` determined by the key (and a stream number for independent draws)."""
+    seed, step = (int(v) for v in key.tolist())
+    mixed = _splitmix64(_splitmix64(seed & _MASK64) ^ (step & _MASK64) ^ (stream << 56))
+    return torch.Generator(device=device).manual_seed(mixed & 0x7FFFFFFFFFFFFFFF)
+
+
+# Opaque to torch.compile (the generator reads the key on the host), so a compiled CPU step traces
+# around them instead of breaking the graph.
+@torch.library.custom_op("fastgen::eager_keep_mask", mutates_args=())
+def eager_keep_mask(key: torch.Tensor, shape: list[int], p: float) -> torch.Tensor:
+    """The eager fallback's dropout keep-mask (bool) for this key."""
+    if p == 0.0:
+        return torch.ones(shape, dtype=torch.bool, device=key.device)
+    gen = torch_generator(key, key.device)
+    return torch.rand(shape, generator=gen, device=key.device) >= p
+
+
+@eager_keep_mask.register_fake
+def _(key, shape, p):
+    return key.new_empty(shape, dtype=torch.bool)
+
+
+@torch.library.custom_op("fastgen::eager_normal", mutates_args=())
+def eager_normal(key: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    """The eager fallback's standard-normal noise (float32) for this key."""
+    gen = torch_generator(key, key.device, stream=1)
+    return torch.randn(shape, generator=gen, device=key.device)
+
+
+@eager_normal.register_fake
+def _(key, shape):
+    return key.new_empty(shape, dtype=torch.float32)
+
+
+def _launch_elementwise(kernel, key, out, *args):
+    n = out.numel()
+    if n:
+        block = 1024
+        kernel[(-(-n // block),)](key, out, n, *args, BLOCK=block)
+    return out
+
+
+def keep_mask(key: torch.Tensor, shape, p: float) -> torch.Tensor:
+    """The keep-mask the fused ops apply for this key and shape on the key's device."""
+    shape = list(shape)
+    if p == 0.0 or not triton_runs_on(key.device):
+        return eager_keep_mask(key, shape, p)
+    from .triton_random import keep_mask_kernel
+
+    out = torch.empty(shape, dtype=torch.uint8, device=key.device)
+    return _launch_elementwise(keep_mask_kernel, key, out, p).view(torch.bool)
+
+
+def normal(key: torch.Tensor, shape, dtype: torch.dtype) -> torch.Tensor:
+    """The standard-normal noise `reparameterize` draws for this key and shape on the key's device."""
+    shape = list(shape)
+    if not triton_runs_on(key.device):
+        return eager_normal(key, shape).to(dtype)
+    from .triton_random import normal_kernel
+
+    out = torch.empty(shape, dtype=torch.float32, device=key.device)
+    return _launch_elementwise(normal_kernel, key, out).to(dtype)
+
+
+def dropout_keep_mask(seed, shape, p: float, device) -> torch.Tensor:
+    """Public: the boolean keep-mask `linear_leaky_relu_dropout` applies for `seed` on `device`.
+
+    `seed` is an int or an int64 tensor `(seed,)` / `(seed, step)`; `shape` is the output's shape.
+    """
+    p = check_p(p)
+    return keep_mask(philox_key(seed, device), shape, p)
+
+
+def dropout_scale(p: float) -> float:
+    return 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
+
+
+def check_p(p) -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or math.isnan(p):
+        raise ValueError(f"p must be a number in [0, 1), got {p!r}")
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"p must be in [0, 1), got {p}")
+    return float(p)

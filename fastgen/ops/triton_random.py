@@ -1,0 +1,48 @@
+"""Philox draws keyed by a device-side (seed, step) tensor; shared by every Triton kernel in fastgen.
+
+Counter = (element index lo, element index hi, step lo, step hi), key = seed. A draw depends only on
+(seed, step, element), so the backward regenerates the forward's mask instead of storing it.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def philox_pair(key_ptr, idx):
+    """Two independent uint32 blocks for int64 element indices `idx`."""
+    seed = tl.load(key_ptr)
+    step = tl.load(key_ptr + 1)
+    zero = tl.zeros(idx.shape, tl.uint32)
+    step_lo = zero + (step & 0xFFFFFFFF).to(tl.uint32)
+    step_hi = zero + ((step >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    r0, r1, _, _ = tl.random.philox(seed, idx.to(tl.uint32), (idx >> 32).to(tl.uint32), step_lo, step_hi)
+    return r0, r1
+
+
+@triton.jit
+def philox_keep(key_ptr, idx, p):
+    """Dropout keep-mask: True with probability 1 - p."""
+    r0, _ = philox_pair(key_ptr, idx)
+    return tl.random.uint_to_uniform_float(r0) >= p
+
+
+@triton.jit
+def philox_normal(key_ptr, idx):
+    """Standard-normal draws (Box-Muller on the pair)."""
+    r0, r1 = philox_pair(key_ptr, idx)
+    n0, _ = tl.random.pair_uniform_to_normal(tl.random.uint_to_uniform_float(r0), tl.random.uint_to_uniform_float(r1))
+    return n0
+
+
+@triton.jit
+def keep_mask_kernel(key_ptr, out_ptr, n_elements, p, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    in_bounds = offs < n_elements
+    keep = philox_keep(key_ptr, offs, tl.cast(p, tl.float32))
+    tl.store(out_ptr + offs, keep.to(tl.uint8), mask=in_bounds)
+
+
+@triton.jit
+def normal_kernel(key_ptr, out_ptr, n_elements, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs, philox_normal(key_ptr, offs), mask=offs < n_elements)
