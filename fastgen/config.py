@@ -1,0 +1,76 @@
+"""One plain object holding a run's settings, validated before anything heavy happens."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from .data import DATASETS
+from .errors import FastgenError
+from .nn import KERNELS
+
+MODELS = ("gan", "vae")
+DEVICES = ("auto", "cpu", "cuda")
+
+# Paper-code batch sizes; the GAN's Adam settings are the DCGAN ones (lr 2e-4, beta1 0.5), which
+# keep this MLP GAN's discriminator from saturating; the VAE uses Adam's defaults at lr 1e-3.
+DEFAULTS = {
+    "gan": {"batch_size": 32, "lr": 2e-4, "betas": (0.5, 0.999)},
+    "vae": {"batch_size": 100, "lr": 1e-3, "betas": (0.9, 0.999)},
+}
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    epochs: int = 50
+    batch_size: Optional[int] = None  # None: the model's default (GAN 32, VAE 100)
+    lr: Optional[float] = None  # None: the model's default (GAN 2e-4, VAE 1e-3)
+    betas: Optional[tuple] = None
+    seed: int = 0
+    dataset: str = "mnist"
+    data_dir: Optional[str] = None
+    download: bool = True
+    out: Optional[str] = None  # None: runs/<model>-<timestamp>
+    overwrite: bool = False
+    device: str = "auto"
+    amp: bool = False
+    kernels: str = "auto"
+    max_steps: Optional[int] = None
+    sample_every: int = 10
+    quiet: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def resolved(self) -> "TrainConfig":
+        """A validated copy with the model's defaults filled in. Raises FastgenError naming the bad value."""
+        if self.model not in MODELS:
+            raise FastgenError(f"--model must be one of {MODELS}, got {self.model!r}")
+        if self.dataset not in DATASETS:
+            raise FastgenError(f"--dataset must be one of {tuple(DATASETS)}, got {self.dataset!r}")
+        if self.device not in DEVICES:
+            raise FastgenError(f"--device must be one of {DEVICES}, got {self.device!r}")
+        if self.kernels not in KERNELS:
+            raise FastgenError(f"--kernels must be one of {KERNELS}, got {self.kernels!r}")
+        defaults = DEFAULTS[self.model]
+        values = asdict(self)
+        for key in ("batch_size", "lr", "betas"):
+            if values[key] is None:
+                values[key] = defaults[key]
+        values["betas"] = tuple(values["betas"])
+        config = TrainConfig(**values)
+        _check_int("--epochs", config.epochs, minimum=1)
+        _check_int("--batch-size", config.batch_size, minimum=1)
+        _check_int("--sample-every", config.sample_every, minimum=1)
+        _check_int("--seed", config.seed, minimum=0)
+        if config.max_steps is not None:
+            _check_int("--max-steps", config.max_steps, minimum=1)
+        if not (isinstance(config.lr, (int, float)) and 0 < config.lr < 1):
+            raise FastgenError(f"--lr must be in (0, 1), got {config.lr}")
+        return config
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_int(flag: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise FastgenError(f"{flag} must be an integer >= {minimum}, got {value!r}")

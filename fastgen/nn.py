@@ -1,0 +1,76 @@
+"""Layers built on the fused ops."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .ops import linear_leaky_relu_dropout, reparameterize, triton_runs_on
+from .ops.reference import linear_leaky_relu_dropout_reference, reparameterize_reference
+from .ops.rng import check_p, keep_mask, normal, philox_key
+from .ops.validation import check_slope
+
+KERNELS = ("auto", "triton", "eager")
+
+
+def use_fused_ops(kernels: str, device: torch.device) -> bool:
+    """`auto` takes the fused ops where Triton runs; elsewhere plain PyTorch ops measure faster (fewer
+    custom-op dispatches per layer), with the very same dropout masks and noise."""
+    return kernels == "triton" or (kernels == "auto" and triton_runs_on(device))
+
+
+def new_philox_key() -> torch.Tensor:
+    """A fresh (seed, step=0) key drawn from torch's default generator, so torch.manual_seed fixes it."""
+    return torch.stack([torch.randint(0, 2**62, (), dtype=torch.int64), torch.tensor(0)])
+
+
+def next_key(key_buffer: torch.Tensor) -> torch.Tensor:
+    """This call's key, then advance the buffer's step on the device (no host sync, graph-safe)."""
+    key = key_buffer.clone()
+    key_buffer[1] += 1
+    return key
+
+
+class LinearLeakyReLUDropout(nn.Linear):
+    """Drop-in for `nn.Sequential(nn.Linear, nn.LeakyReLU(negative_slope), nn.Dropout(p))`.
+
+    `weight`/`bias` are nn.Linear's (same shapes, same initialisation). Dropout applies in
+    `.train()` mode only; each training call draws a fresh mask from the layer's `philox_key`
+    buffer `(seed, step)`, whose step advances on the device. `kernels="eager"` computes the same
+    thing (same mask) with plain PyTorch ops.
+    """
+
+    def __init__(self, in_features: int, out_features: int, negative_slope: float = 0.2, p: float = 0.0,
+                 bias: bool = True, kernels: str = "auto", device=None, dtype=None):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+        self.negative_slope = check_slope(negative_slope)
+        self.p = check_p(p)
+        self.kernels = kernels
+        self.register_buffer("philox_key", new_philox_key().to(device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.p if self.training else 0.0
+        key = next_key(self.philox_key) if p > 0.0 else None
+        if not use_fused_ops(self.kernels, x.device):
+            mask = keep_mask(key, (*x.shape[:-1], self.out_features), p) if key is not None else None
+            return linear_leaky_relu_dropout_reference(x, self.weight, self.bias, self.negative_slope, mask, p)
+        return linear_leaky_relu_dropout(x, self.weight, self.bias, negative_slope=self.negative_slope, p=p, seed=key)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, negative_slope={self.negative_slope}, p={self.p}, kernels={self.kernels}"
+
+
+class Reparameterize(nn.Module):
+    """z = mu + exp(0.5 logvar) * eps with eps drawn from the module's `philox_key` buffer."""
+
+    def __init__(self, kernels: str = "auto"):
+        super().__init__()
+        self.kernels = kernels
+        self.register_buffer("philox_key", new_philox_key())
+
+    def forward(self, mu: torch.Tensor, logvar: torch.Tensor, seed=None) -> torch.Tensor:
+        key = next_key(self.philox_key) if seed is None else seed
+        if not use_fused_ops(self.kernels, mu.device):
+            return reparameterize_reference(mu, logvar, normal(philox_key(key, mu.device), mu.shape, mu.dtype))
+        return reparameterize(mu, logvar, seed=key)

@@ -1,0 +1,49 @@
+"""`python -m fastgen.train`: train the paper's GAN or VAE and write a run folder."""
+from __future__ import annotations
+
+import sys
+
+from .cli import Parser, non_negative_int, positive_float, positive_int, run
+from .config import DEVICES, MODELS, TrainConfig
+from .data import DATASETS
+from .nn import KERNELS
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="python -m fastgen.train", description=__doc__)
+    parser.add_argument("--model", required=True, choices=MODELS)
+    parser.add_argument("--epochs", type=positive_int, default=50)
+    parser.add_argument("--batch-size", type=positive_int, help="default: GAN 32, VAE 100")
+    parser.add_argument("--lr", type=positive_float, help="default: GAN 2e-4 (betas 0.5, 0.999), VAE 1e-3")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--dataset", choices=tuple(DATASETS), default="mnist")
+    parser.add_argument("--data-dir", help="folder holding MNIST/raw/ (or FashionMNIST/raw/) IDX files")
+    parser.add_argument("--no-download", action="store_true", help="never download; fail if the data is not found")
+    parser.add_argument("--out", help="run folder (default: runs/<model>-<timestamp>)")
+    parser.add_argument("--overwrite", action="store_true", help="reuse an --out that already holds a run")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast where the device has fast bf16")
+    parser.add_argument("--kernels", choices=KERNELS, default="auto",
+                        help="fused ops (auto: Triton on CUDA, eager fallback on CPU) or plain PyTorch (eager)")
+    parser.add_argument("--max-steps", type=positive_int, help="stop after N optimizer steps")
+    parser.add_argument("--sample-every", type=positive_int, default=10, help="epochs between sample grids")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def _main(argv) -> None:
+    from .training import train
+
+    args = vars(build_parser().parse_args(argv))
+    args["download"] = not args.pop("no_download")
+    args.pop("debug")
+    train(TrainConfig(**args))
+
+
+def main(argv=None) -> int:
+    return run("fastgen.train", _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""`train(config)`: data on the device, the step loop, metrics and files. The path of one batch:
+DeviceSplit.epoch_batches -> DeviceSplit.batch -> Trainer.step (fused ops) -> device-side sums -> metrics.jsonl.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+from .config import TrainConfig
+from .data import DeviceSplit
+from .environment import cpu_has_fast_bf16, device_name, resolve_device, versions
+from .errors import FastgenError
+from .ops import triton_runs_on
+from .outputs import RunWriter, default_out, prepare_out
+from .steps import GANTrainer, VAETrainer, autocast_factory
+
+_POSTFIX_EVERY = 50  # steps between progress-bar loss readouts (each one is a host sync)
+
+
+def _notice(message: str) -> None:
+    print(f"fastgen: {message}", file=sys.stderr)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train(config: TrainConfig) -> dict:
+    """Train one model as `config` says, write its run folder, and return the summary dict."""
+    config = config.resolved()
+    device = resolve_device(config.device)
+    if config.kernels == "triton" and not triton_runs_on(device):
+        raise FastgenError("--kernels triton needs a CUDA device with Triton (or TRITON_INTERPRET=1 on the CPU); "
+                           "use --kernels auto or eager")
+    amp = config.amp and (device.type == "cuda" or cpu_has_fast_bf16())
+    if config.amp and not amp:
+        _notice("--amp: this CPU has no fast bf16 (no AVX512-BF16 or AMX), so training runs in float32")
+
+    torch.manual_seed(config.seed)
+    low = -1.0 if config.model == "gan" else 0.0
+    train_split = DeviceSplit.load(config.dataset, "train", device, low, config.data_dir, config.download)
+    if config.batch_size > len(train_split):
+        raise FastgenError(f"--batch-size {config.batch_size} is larger than the training split ({len(train_split)} images)")
+    test_split = (DeviceSplit.load(config.dataset, "test", device, low, config.data_dir, config.download)
+                  if config.model == "vae" else None)
+    out = prepare_out(config.out or default_out(config.model), config.overwrite)
+    config.out = str(out)
+    writer = RunWriter(out)
+
+    trainer = (GANTrainer if config.model == "gan" else VAETrainer)(config, device, autocast_factory(device, amp))
+    run_info = {"config": config.to_dict(), "device": str(device), "device_name": device_name(device),
+                "amp_dtype": "bfloat16" if amp else None, "versions": versions(),
+                "triton_kernels": config.kernels != "eager" and triton_runs_on(device),
+                "torch_threads": torch.get_num_threads()}
+    writer.write_json("config.json", run_info)
+
+    sample_gen = torch.Generator(device="cpu").manual_seed(config.seed + 1)
+    latent_dim = trainer.sampler().latent_dim
+    fixed_noise = torch.randn(64, latent_dim, generator=sample_gen).to(device)
+    fixed_test = test_split.scale(test_split.images[:32]) if test_split is not None else None
+    data_gen = torch.Generator(device=device).manual_seed(config.seed)
+
+    steps_per_epoch = len(train_split) // config.batch_size
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    last_epoch = -(-total_steps // steps_per_epoch)
+    # Throughput excludes warm-up: the first epoch when there are several, else the first tenth of the steps.
+    warmup_steps = steps_per_epoch if last_epoch > 1 else max(1, total_steps // 10)
+    show_bar = not config.quiet and sys.stderr.isatty()
+
+    step = 0
+    start = time.perf_counter()
+    steady_start = None
+    steady_s = 0.0  # training-loop time after warm-up; evaluation and file writing are not counted
+    stats = None
+    for epoch in range(1, last_epoch + 1):
+        epoch_start = time.perf_counter()
+        sums = torch.zeros(len(trainer.metric_names), device=device)
+        batches = train_split.epoch_batches(config.batch_size, data_gen)
+        n_steps = min(steps_per_epoch, total_steps - step)
+        bar = tqdm(total=n_steps, desc=f"epoch {epoch}/{last_epoch}", unit="step", disable=not show_bar, leave=False)
+        for i in range(n_steps):
+            stats = trainer.step(train_split.batch(batches[i]))
+            sums += stats
+            step += 1
+            if step == warmup_steps:
+                _sync(device)
+                steady_start = time.perf_counter()
+            if show_bar:
+                bar.update(1)
+                if step % _POSTFIX_EVERY == 0:
+                    rate = bar.format_dict["rate"] or 0.0
+                    bar.set_postfix({**dict(zip(trainer.metric_names[:2], (f"{v:.3f}" for v in stats.tolist()))),
+                                     "img/s": f"{rate * config.batch_size:.0f}"})
+        bar.close()
+        values = (sums / n_steps).tolist()  # the epoch's one host sync
+        loop_end = time.perf_counter()
+        epoch_s = loop_end - epoch_start
+        if steady_start is not None:
+            steady_s += loop_end - max(epoch_start, steady_start)
+        row = {"epoch": epoch, "step": step, **dict(zip(trainer.metric_names, values)),
+               "epoch_s": epoch_s, "samples_per_s": n_steps * config.batch_size / epoch_s}
+        if test_split is not None:
+            row["test_loss"] = trainer.test_loss(test_split, seed=config.seed)
+        writer.append_metrics(row)
+        if epoch % config.sample_every == 0 or epoch == last_epoch:
+            _save_samples(writer, trainer, fixed_noise, fixed_test, epoch)
+        writer.save_weights({name: getattr(trainer, name) for name in trainer.modules}, config.model, config.to_dict())
+        if not config.quiet and not show_bar:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step"))
+            print(f"epoch {epoch}/{last_epoch}: {shown}", flush=True)
+
+    _sync(device)
+    end = time.perf_counter()
+    steady_samples = (step - warmup_steps) * config.batch_size
+    final = writer.metrics[-1]
+    writer.plot_losses(trainer.metric_names[:2] if config.model == "gan" else ("loss", "test_loss"))
+    summary = {
+        "model": config.model, "dataset": config.dataset, "epochs": last_epoch, "steps": step,
+        "batch_size": config.batch_size, "wall_s": end - start,
+        "samples_per_s": steady_samples / steady_s if steady_samples > 0 and steady_s > 0 else None,
+        "final": {k: v for k, v in final.items() if k not in ("epoch", "step", "epoch_s", "samples_per_s")},
+        "device": str(device), "device_name": device_name(device), "amp": amp, "kernels": config.kernels,
+        "out": str(out),
+    }
+    path = writer.write_json("summary.json", summary)
+    if not config.quiet:
+        print(f"summary: {path}")
+    return summary
+
+
+@torch.no_grad()
+def _save_samples(writer: RunWriter, trainer, fixed_noise, fixed_test, epoch: int) -> None:
+    trainer.train(False)
+    model = trainer.sampler()
+    if fixed_test is None:
+        images = (model(fixed_noise).float() + 1) / 2
+    else:
+        images = torch.sigmoid(model.decode(fixed_noise).float()).view(-1, 1, 28, 28)
+        recon = model.reconstruct(fixed_test)
+        # Rows alternate: 8 test images, then their 8 reconstructions.
+        pairs = torch.stack([fixed_test.view(-1, 8, 1, 28, 28), recon.view(-1, 8, 1, 28, 28)], dim=1)
+        writer.save_grid(pairs.reshape(-1, 1, 28, 28), f"recon_{epoch:04d}.png")
+    writer.save_grid(images, f"epoch_{epoch:04d}.png")
+    trainer.train(True)
