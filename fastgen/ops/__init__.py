@@ -2,7 +2,7 @@
 
 Each is a `torch.library` op with its own autograd formula, traceable by torch.compile.
 """
-from .backend import HAS_TRITON, TRITON_INTERPRET, triton_runs_on
+from .backend import HAS_TRITON, TRITON_INTERPRET, cpu_backend, set_cpu_backend, triton_runs_on
 from .bce_kl_loss import bce_kl_loss
 from .linear_leaky_relu_dropout import linear_leaky_relu_dropout
 from .reparameterize import reparameterize
@@ -12,6 +12,8 @@ __all__ = [
     "HAS_TRITON",
     "TRITON_INTERPRET",
     "bce_kl_loss",
+    "cpu_backend",
+    "set_cpu_backend",
     "dropout_keep_mask",
     "linear_leaky_relu_dropout",
     "reparameterize",

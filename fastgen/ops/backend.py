@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import torch
 
@@ -18,11 +19,36 @@ except ImportError:  # macOS / Windows wheels: eager only
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
+CPU_BACKENDS = ("eager", "triton")
+# What the fused ops run on CPU tensors: the eager fallback, or (under the interpreter) the Triton kernels.
+_cpu_backend = "triton" if TRITON_INTERPRET and HAS_TRITON else "eager"
+
+
+def set_cpu_backend(name: str) -> None:
+    """Choose what the fused ops run on CPU tensors; "triton" needs TRITON_INTERPRET=1 before import."""
+    global _cpu_backend
+    if name not in CPU_BACKENDS:
+        raise ValueError(f"CPU backend must be one of {CPU_BACKENDS}, got {name!r}")
+    if name == "triton" and not (HAS_TRITON and TRITON_INTERPRET):
+        raise ValueError("Triton kernels run on the CPU only under TRITON_INTERPRET=1, set before fastgen is imported")
+    _cpu_backend = name
+
+
+@contextmanager
+def cpu_backend(name: str):
+    previous = _cpu_backend
+    set_cpu_backend(name)
+    try:
+        yield
+    finally:
+        set_cpu_backend(previous)
+
+
 def triton_runs_on(device: torch.device) -> bool:
-    """True where the fused ops launch Triton kernels: CUDA, or the CPU under TRITON_INTERPRET=1."""
+    """True where the fused ops launch Triton kernels: CUDA, or the CPU when its backend is "triton"."""
     if not HAS_TRITON:
         return False
-    return device.type == "cuda" or (device.type == "cpu" and TRITON_INTERPRET)
+    return device.type == "cuda" or (device.type == "cpu" and _cpu_backend == "triton")
 
 
 def define_op(name: str, *, mutates_args=()):
