@@ -3,6 +3,8 @@ Triton kernels (interpreted on the CPU; on the GPU when there is one)."""
 import math
 import os
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -208,3 +210,17 @@ def test_float64_is_refused_where_triton_runs():
         pytest.skip("needs the Triton interpreter")
     with cpu_backend("triton"), pytest.raises(TypeError, match="float16, bfloat16 or float32"):
         linear_leaky_relu_dropout(torch.randn(2, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("seed, step", [(0, 0), (7, 1), (2**40 + 3, 5), (123, 2**33 + 1)])
+def test_triton_masks_follow_the_published_philox_stream(seed, step):
+    """The kernels' masks are Philox-4x32-10 at (seed, step, element): what native kernels must match."""
+    from fastgen.ops import TRITON_INTERPRET, cpu_backend
+    from tests.philox_reference import keep_mask
+
+    if not TRITON_INTERPRET:
+        pytest.skip("needs the Triton interpreter")
+    n, p = 5000, 0.3
+    with cpu_backend("triton"):
+        mask = dropout_keep_mask(torch.tensor([seed, step]), (n,), p, "cpu")
+    assert np.array_equal(mask.numpy(), keep_mask(seed, step, n, p))

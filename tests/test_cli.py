@@ -1,0 +1,114 @@
+"""The command lines as a user types them: files written, seeds honoured, bad input refused in one line."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+import fastgen
+
+
+def run_cli(module, *args, cwd=None):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the CLI as users run it
+    env["XDG_CACHE_HOME"] = str(cwd or ".") + "/cache"  # never find or write a real user cache
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=600)
+
+
+def train_cli(*args, cwd=None):
+    return run_cli("fastgen.train", *args, "--no-download", "--device", "cpu", cwd=cwd)
+
+
+@pytest.mark.parametrize("model", ["gan", "vae"])
+def test_short_run_writes_every_file(mnist, tmp_path, model):
+    out = tmp_path / "run"
+    result = train_cli("--model", model, "--max-steps", "30", "--data-dir", str(mnist), "--out", str(out), "--amp")
+    assert result.returncode == 0, result.stderr
+    assert "summary.json" in result.stdout
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["model"] == model and config["versions"]["torch"] == torch.__version__
+    assert config["device_name"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["step"] == 30
+    expected = {"gan": {"d_loss", "g_loss", "d_real", "d_fake"}, "vae": {"loss", "bce", "kl", "test_loss"}}[model]
+    assert expected | {"epoch", "step", "epoch_s", "samples_per_s"} <= set(rows[0])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 30 and summary["samples_per_s"] > 0 and summary["amp"] is False
+    for png in ["losses.png", "samples/epoch_0001.png"] + (["samples/recon_0001.png"] if model == "vae" else []):
+        with Image.open(out / png) as image:
+            image.verify()
+    with Image.open(out / "samples/epoch_0001.png") as image:
+        assert image.size == (8 * 30 + 2, 8 * 30 + 2)  # an 8x8 grid of 28px images with 2px padding
+    model_obj = fastgen.load(out)
+    images = model_obj.sample(5, seed=0)
+    assert images.shape == (5, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
+    # --amp on a CPU without fast bf16 says so once and trains in float32
+    if not fastgen.environment.cpu_has_fast_bf16():
+        assert result.stderr.count("--amp") == 1
+
+
+def test_same_seed_same_losses_different_seed_different_losses(mnist, tmp_path):
+    def losses(name, seed):
+        out = tmp_path / name
+        result = train_cli("--model", "gan", "--max-steps", "15", "--seed", str(seed), "--data-dir", str(mnist),
+                           "--out", str(out), "--quiet")
+        assert result.returncode == 0, result.stderr
+        return json.loads((out / "metrics.jsonl").read_text())["d_loss"]
+
+    assert losses("a", 1) == losses("b", 1)
+    assert losses("a2", 1) != losses("c", 2)
+
+
+def test_sample_cli_writes_a_grid(mnist, tmp_path):
+    out = tmp_path / "run"
+    assert train_cli("--model", "vae", "--max-steps", "5", "--data-dir", str(mnist), "--out", str(out), "--quiet").returncode == 0
+    grid = tmp_path / "grid.png"
+    result = run_cli("fastgen.sample", str(out), "--n", "16", "--out", str(grid), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    with Image.open(grid) as image:
+        assert image.size == (4 * 30 + 2, 4 * 30 + 2)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--model", "gan", "--epochs", "-1"], "--epochs"),
+    (["--model", "gan", "--epochs", "0"], "--epochs"),
+    (["--model", "gan", "--batch-size", "0"], "--batch-size"),
+    (["--model", "gan", "--batch-size", "70000"], "larger than the training split"),
+    (["--model", "gan", "--lr", "-3"], "--lr"),
+    (["--model", "gan", "--max-steps", "x"], "--max-steps"),
+    (["--model", "diffusion"], "--model"),
+    ([], "--model"),
+    (["--model", "gan", "--kernels", "triton"], "--kernels triton"),
+    (["--model", "gan", "--dataset", "cifar"], "--dataset"),
+])
+def test_bad_values_exit_2_with_one_line(mnist, tmp_path, args, needle):
+    result = train_cli(*args, "--data-dir", str(mnist), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_data_is_one_line_naming_the_places(tmp_path):
+    result = train_cli("--model", "gan", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and str(tmp_path / "nowhere") in result.stderr
+    assert not (tmp_path / "o").exists(), "no run folder is left behind when the data is missing"
+
+
+def test_out_holding_another_run_is_refused_unless_overwrite(mnist, tmp_path):
+    out = tmp_path / "run"
+    args = ["--model", "gan", "--max-steps", "2", "--data-dir", str(mnist), "--out", str(out), "--quiet"]
+    assert train_cli(*args).returncode == 0
+    again = train_cli(*args)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert train_cli(*args, "--overwrite").returncode == 0
+
+
+def test_corrupt_weights_file_is_one_line(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    result = run_cli("fastgen.sample", str(tmp_path), "--out", str(tmp_path / "g.png"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "corrupt" in result.stderr
