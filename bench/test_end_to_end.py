@@ -1,0 +1,69 @@
+"""End to end: training samples/s of fastgen against the plain implementation (bench/baseline.py),
+same models, same batch sizes (the paper code's: GAN 32, VAE 100), measured side by side in one run.
+
+On a GPU each round is a whole epoch; on the CPU a fixed slice of one (CPU_STEPS), to stay within
+a few minutes. The first round (data set-up, allocator, thread pools) is a warm-up and not counted.
+"""
+import itertools
+
+import pytest
+import torch
+
+from bench import baseline
+from fastgen.config import TrainConfig
+from fastgen.data import DeviceSplit
+from fastgen.steps import GANTrainer, VAETrainer, autocast_factory
+
+BATCH = {"gan": 32, "vae": 100}
+CPU_STEPS = {"gan": 60, "vae": 40}
+ROUNDS = 5
+
+
+def _steps(model: str, device: torch.device) -> int:
+    return 60_000 // BATCH[model] if device.type == "cuda" else CPU_STEPS[model]
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("model", ["gan", "vae"])
+def test_fastgen(benchmark, record, device, mnist, model):
+    torch.manual_seed(0)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # as fastgen.train does
+    config = TrainConfig(model=model, batch_size=BATCH[model]).resolved()
+    split = DeviceSplit.load("mnist", "train", device, -1.0 if model == "gan" else 0.0, mnist, download=False)
+    trainer = (GANTrainer if model == "gan" else VAETrainer)(config, device, autocast_factory(device, False))
+    generator = torch.Generator(device=device).manual_seed(0)
+    n = _steps(model, device)
+
+    def run():
+        batches = split.epoch_batches(config.batch_size, generator)
+        for i in range(n):
+            trainer.step(split.batch(batches[i]))
+        _sync(device)
+
+    benchmark.group = f"end-to-end {model} batch {config.batch_size}"
+    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    record(variant="fastgen", role="variant", model=model, batch_size=config.batch_size, steps=n,
+           samples_per_s=n * config.batch_size / benchmark.stats.stats.median)
+
+
+@pytest.mark.parametrize("model", ["gan", "vae"])
+def test_plain_baseline(benchmark, record, device, mnist, model):
+    if device.type != "cpu":
+        pytest.skip("the plain baseline is CPU-only code (DataLoader + CPU tensors), as the paper's was")
+    torch.manual_seed(0)
+    steps = (baseline.gan_steps if model == "gan" else baseline.vae_steps)(str(mnist), BATCH[model])
+    n = _steps(model, device)
+
+    def run():
+        for _ in itertools.islice(steps, n):
+            pass
+
+    benchmark.group = f"end-to-end {model} batch {BATCH[model]}"
+    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    record(variant="plain baseline (DataLoader + nn.Sequential)", role="reference", model=model,
+           batch_size=BATCH[model], steps=n, samples_per_s=n * BATCH[model] / benchmark.stats.stats.median)
