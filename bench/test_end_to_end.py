@@ -12,7 +12,7 @@ import torch
 from bench import baseline
 from fastgen.config import TrainConfig
 from fastgen.data import DeviceSplit
-from fastgen.steps import GANTrainer, VAETrainer, autocast_factory
+from fastgen.steps import GANTrainer, VAETrainer
 
 BATCH = {"gan": 32, "vae": 100}
 CPU_STEPS = {"gan": 60, "vae": 40}
@@ -35,7 +35,7 @@ def test_fastgen(benchmark, record, device, mnist, model):
         torch.set_flush_denormal(True)  # as fastgen.train does
     config = TrainConfig(model=model, batch_size=BATCH[model]).resolved()
     split = DeviceSplit.load("mnist", "train", device, -1.0 if model == "gan" else 0.0, mnist, download=False)
-    trainer = (GANTrainer if model == "gan" else VAETrainer)(config, device, autocast_factory(device, False))
+    trainer = (GANTrainer if model == "gan" else VAETrainer)(config, device)
     generator = torch.Generator(device=device).manual_seed(0)
     n = _steps(model, device)
 

@@ -10,6 +10,7 @@ from .nn import KERNELS
 
 MODELS = ("gan", "vae")
 DEVICES = ("auto", "cpu", "cuda")
+AMP_DTYPES = ("bf16", "fp16")
 
 # Paper-code batch sizes; the GAN's Adam settings are the DCGAN ones (lr 2e-4, beta1 0.5), which
 # keep this MLP GAN's discriminator from saturating; the VAE uses Adam's defaults at lr 1e-3.
@@ -34,6 +35,9 @@ class TrainConfig:
     overwrite: bool = False
     device: str = "auto"
     amp: bool = False
+    amp_dtype: str = "bf16"  # CUDA: "bf16", or "fp16" with dynamic loss scaling on the device
+    compile: Optional[bool] = None  # None: on for CUDA; on the CPU, whichever measured faster (COMPILE_ON_CPU)
+    cuda_graphs: Optional[bool] = None  # None: on for CUDA
     kernels: str = "auto"
     max_steps: Optional[int] = None
     sample_every: int = 10
@@ -48,6 +52,8 @@ class TrainConfig:
             raise FastgenError(f"--dataset must be one of {tuple(DATASETS)}, got {self.dataset!r}")
         if self.device not in DEVICES:
             raise FastgenError(f"--device must be one of {DEVICES}, got {self.device!r}")
+        if self.amp_dtype not in AMP_DTYPES:
+            raise FastgenError(f"--amp-dtype must be one of {AMP_DTYPES}, got {self.amp_dtype!r}")
         if self.kernels not in KERNELS:
             raise FastgenError(f"--kernels must be one of {KERNELS}, got {self.kernels!r}")
         defaults = DEFAULTS[self.model]

@@ -7,11 +7,19 @@ import torch
 import torch.nn.functional as F
 
 from .models import VAE, Discriminator, Generator
+from .optim import DeviceLossScaler, StepAdam
 
 
-def make_adam(params, lr: float, betas) -> torch.optim.Adam:
-    # The fused implementation runs one kernel for all parameters, on CPU and CUDA alike.
-    return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+def apply_update(loss: torch.Tensor, params, optimizer: StepAdam, scaler: DeviceLossScaler | None) -> None:
+    """Gradients of `loss` for `params` only (autograd skips everything else), then one Adam update."""
+    if scaler is None:
+        optimizer.step(torch.autograd.grad(loss, params))
+    else:
+        optimizer.step(*scaler.grads(loss, params))
+
+
+def _scaler(device, amp_dtype):
+    return DeviceLossScaler(device) if amp_dtype == torch.float16 else None
 
 
 class GANTrainer:
@@ -20,13 +28,16 @@ class GANTrainer:
     metric_names = ("d_loss", "g_loss", "d_real", "d_fake")
     modules = ("generator", "discriminator")
 
-    def __init__(self, config, device: torch.device, autocast):
+    def __init__(self, config, device: torch.device, amp_dtype: torch.dtype | None = None):
         self.generator = Generator(config.kernels).to(device)
         self.discriminator = Discriminator(config.kernels).to(device)
-        self.opt_g = make_adam(self.generator.parameters(), config.lr, config.betas)
-        self.opt_d = make_adam(self.discriminator.parameters(), config.lr, config.betas)
         self.g_params = list(self.generator.parameters())
-        self.autocast = autocast
+        self.d_params = list(self.discriminator.parameters())
+        fused = True if amp_dtype == torch.float16 else None  # found_inf needs the fused update
+        self.opt_g = StepAdam(self.g_params, config.lr, config.betas, device, fused)
+        self.opt_d = StepAdam(self.d_params, config.lr, config.betas, device, fused)
+        self.scaler_g, self.scaler_d = _scaler(device, amp_dtype), _scaler(device, amp_dtype)
+        self.autocast = autocast_factory(device, amp_dtype)
         self.device = device
 
     def step(self, real: torch.Tensor) -> torch.Tensor:
@@ -39,16 +50,12 @@ class GANTrainer:
             real_logits, fake_logits = logits[:B], logits[B:]
             # BCE-with-logits against 1 / 0 is softplus(-l) / softplus(l).
             d_loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-        self.opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.opt_d.step()
+        apply_update(d_loss, self.d_params, self.opt_d, self.scaler_d)
 
         with self.autocast():
             g_loss = F.softplus(-self.discriminator(fake).float()).mean()
-        # Gradients for G only: autograd skips D's weight gradients entirely.
-        for param, grad in zip(self.g_params, torch.autograd.grad(g_loss, self.g_params)):
-            param.grad = grad
-        self.opt_g.step()
+        # Gradients for G only: D's weight gradients are never computed.
+        apply_update(g_loss, self.g_params, self.opt_g, self.scaler_g)
         return torch.stack([d_loss.detach(), g_loss.detach(),
                             torch.sigmoid(real_logits.detach()).mean(), torch.sigmoid(fake_logits.detach()).mean()])
 
@@ -66,19 +73,19 @@ class VAETrainer:
     metric_names = ("loss", "bce", "kl")
     modules = ("vae",)
 
-    def __init__(self, config, device: torch.device, autocast):
+    def __init__(self, config, device: torch.device, amp_dtype: torch.dtype | None = None):
         self.vae = VAE(config.kernels).to(device)
-        self.opt = make_adam(self.vae.parameters(), config.lr, config.betas)
-        self.autocast = autocast
+        self.params = list(self.vae.parameters())
+        self.opt = StepAdam(self.params, config.lr, config.betas, device, True if amp_dtype == torch.float16 else None)
+        self.scaler = _scaler(device, amp_dtype)
+        self.autocast = autocast_factory(device, amp_dtype)
         self.device = device
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 784) in [0, 1]. Returns (loss, bce, kl) per image on the device."""
         with self.autocast():
             loss, bce, kl = self.vae.loss(x)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        apply_update(loss, self.params, self.opt, self.scaler)
         return torch.stack([loss.detach(), bce, kl])
 
     @torch.no_grad()
@@ -101,8 +108,8 @@ class VAETrainer:
         return self.vae
 
 
-def autocast_factory(device: torch.device, enabled: bool):
-    """A zero-argument context factory: bf16 autocast when enabled, else a no-op."""
-    if not enabled:
+def autocast_factory(device: torch.device, amp_dtype: torch.dtype | None):
+    """A zero-argument context factory: autocast to `amp_dtype`, or a no-op for None."""
+    if amp_dtype is None:
         return contextlib.nullcontext
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return lambda: torch.autocast(device.type, dtype=amp_dtype)

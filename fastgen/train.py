@@ -1,10 +1,11 @@
 """`python -m fastgen.train`: train the paper's GAN or VAE and write a run folder."""
 from __future__ import annotations
 
+import argparse
 import sys
 
 from .cli import Parser, non_negative_int, positive_float, positive_int, run
-from .config import DEVICES, MODELS, TrainConfig
+from .config import AMP_DTYPES, DEVICES, MODELS, TrainConfig
 from .data import DATASETS
 from .nn import KERNELS
 
@@ -22,7 +23,13 @@ def build_parser() -> Parser:
     parser.add_argument("--out", help="run folder (default: runs/<model>-<timestamp>)")
     parser.add_argument("--overwrite", action="store_true", help="reuse an --out that already holds a run")
     parser.add_argument("--device", choices=DEVICES, default="auto")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast where the device has fast bf16")
+    parser.add_argument("--amp", action="store_true", help="mixed precision where the device has fast bf16 (or CUDA fp16)")
+    parser.add_argument("--amp-dtype", choices=AMP_DTYPES, default="bf16",
+                        help="CUDA only: bf16, or fp16 with dynamic loss scaling kept on the device")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the whole training step (default: on for CUDA; on the CPU, whichever measured faster)")
+    parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                        help="capture the step in a CUDA graph and replay it (default: on for CUDA)")
     parser.add_argument("--kernels", choices=KERNELS, default="auto",
                         help="fused ops (auto: Triton on CUDA, eager fallback on CPU) or plain PyTorch (eager)")
     parser.add_argument("--max-steps", type=positive_int, help="stop after N optimizer steps")

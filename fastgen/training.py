@@ -15,7 +15,8 @@ from .environment import cpu_has_fast_bf16, device_name, resolve_device, version
 from .errors import FastgenError
 from .ops import triton_runs_on
 from .outputs import RunWriter, default_out, prepare_out
-from .steps import GANTrainer, VAETrainer, autocast_factory
+from .compiled_step import build_step, describe
+from .steps import GANTrainer, VAETrainer
 
 _POSTFIX_EVERY = 50  # steps between progress-bar loss readouts (each one is a host sync)
 
@@ -29,6 +30,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# On this project's 2-core CPUs the compiled step measured slower/faster than eager: see README, Performance.
+COMPILE_ON_CPU = False
+
+
+def resolve_amp(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype to train with, or None for float32 (saying why, once, when --amp was asked for)."""
+    if not config.amp:
+        return None
+    dtype = torch.float16 if config.amp_dtype == "fp16" else torch.bfloat16
+    if device.type == "cuda":
+        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            _notice("--amp: this GPU has no bf16; training runs in float32 (try --amp-dtype fp16)")
+            return None
+        return dtype
+    if dtype == torch.float16:
+        _notice("--amp-dtype fp16 is for CUDA devices; training runs in float32 on the CPU")
+        return None
+    if not cpu_has_fast_bf16():
+        _notice("--amp: this CPU has no fast bf16 (no AVX512-BF16 or AMX), so training runs in float32")
+        return None
+    return dtype
+
+
 def train(config: TrainConfig) -> dict:
     """Train one model as `config` says, write its run folder, and return the summary dict."""
     config = config.resolved()
@@ -36,9 +60,7 @@ def train(config: TrainConfig) -> dict:
     if config.kernels == "triton" and not triton_runs_on(device):
         raise FastgenError("--kernels triton needs a CUDA device with Triton (or TRITON_INTERPRET=1 on the CPU); "
                            "use --kernels auto or eager")
-    amp = config.amp and (device.type == "cuda" or cpu_has_fast_bf16())
-    if config.amp and not amp:
-        _notice("--amp: this CPU has no fast bf16 (no AVX512-BF16 or AMX), so training runs in float32")
+    amp_dtype = resolve_amp(config, device)
 
     torch.manual_seed(config.seed)
     if device.type == "cpu":
@@ -55,9 +77,16 @@ def train(config: TrainConfig) -> dict:
     config.out = str(out)
     writer = RunWriter(out)
 
-    trainer = (GANTrainer if config.model == "gan" else VAETrainer)(config, device, autocast_factory(device, amp))
+    trainer = (GANTrainer if config.model == "gan" else VAETrainer)(config, device, amp_dtype)
+    use_compile = config.compile if config.compile is not None else (device.type == "cuda" or COMPILE_ON_CPU)
+    use_graphs = config.cuda_graphs if config.cuda_graphs is not None else device.type == "cuda"
+    if use_graphs and device.type != "cuda":
+        _notice("--cuda-graphs needs a CUDA device; ignored")
+        use_graphs = False
+    step_fn = build_step(trainer.step, device, use_compile, use_graphs, _notice)
     run_info = {"config": config.to_dict(), "device": str(device), "device_name": device_name(device),
-                "amp_dtype": "bfloat16" if amp else None, "versions": versions(),
+                "amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None, "versions": versions(),
+                "compile": use_compile, "cuda_graphs": use_graphs,
                 "triton_kernels": config.kernels != "eager" and triton_runs_on(device),
                 "torch_threads": torch.get_num_threads()}
     writer.write_json("config.json", run_info)
@@ -89,7 +118,7 @@ def train(config: TrainConfig) -> dict:
         n_steps = min(steps_per_epoch, total_steps - step)
         bar = tqdm(total=n_steps, desc=f"epoch {epoch}/{last_epoch}", unit="step", disable=not show_bar, leave=False)
         for i in range(n_steps):
-            stats = trainer.step(train_split.batch(batches[i]))
+            stats = step_fn(train_split.batch(batches[i]))
             sums += stats
             step += 1
             if step == warmup_steps:
@@ -129,7 +158,8 @@ def train(config: TrainConfig) -> dict:
         "batch_size": config.batch_size, "wall_s": end - start,
         "samples_per_s": steady_samples / steady_s if steady_samples > 0 and steady_s > 0 else None,
         "final": {k: v for k, v in final.items() if k not in ("epoch", "step", "epoch_s", "samples_per_s")},
-        "device": str(device), "device_name": device_name(device), "amp": amp, "kernels": config.kernels,
+        "device": str(device), "device_name": device_name(device), "amp": amp_dtype is not None,
+        "amp_dtype": run_info["amp_dtype"], "kernels": config.kernels, **describe(step_fn),
         "out": str(out),
     }
     path = writer.write_json("summary.json", summary)

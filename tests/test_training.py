@@ -6,7 +6,7 @@ import torch
 import fastgen
 from fastgen.config import TrainConfig
 from fastgen.data import DeviceSplit
-from fastgen.steps import GANTrainer, VAETrainer, autocast_factory
+from fastgen.steps import GANTrainer, VAETrainer
 
 
 def _losses(trainer, split, batch_size, steps, seed=0):
@@ -18,7 +18,7 @@ def test_vae_loss_goes_down_on_real_mnist(mnist):
     torch.manual_seed(0)
     config = TrainConfig(model="vae").resolved()
     split = DeviceSplit.load("mnist", "train", "cpu", 0.0, mnist, download=False)
-    stats = _losses(VAETrainer(config, torch.device("cpu"), autocast_factory(torch.device("cpu"), False)),
+    stats = _losses(VAETrainer(config, torch.device("cpu")),
                     split, 100, 150)
     first, last = stats[:20, 0].mean().item(), stats[-20:, 0].mean().item()
     assert last < 0.7 * first, (first, last)
@@ -29,7 +29,7 @@ def test_gan_discriminator_learns_to_separate_on_real_mnist(mnist):
     torch.manual_seed(0)
     config = TrainConfig(model="gan").resolved()
     split = DeviceSplit.load("mnist", "train", "cpu", -1.0, mnist, download=False)
-    stats = _losses(GANTrainer(config, torch.device("cpu"), autocast_factory(torch.device("cpu"), False)),
+    stats = _losses(GANTrainer(config, torch.device("cpu")),
                     split, 32, 100)
     d_loss, g_loss, d_real, d_fake = stats[-20:].mean(0).tolist()
     assert d_loss < 1.38  # below log(4), the loss of a discriminator that cannot tell

@@ -1,0 +1,103 @@
+"""Make a trainer's step fast without changing what it computes: torch.compile(fullgraph=True) of the
+whole step (forward, backward, Adam), then on CUDA one captured CUDA graph replayed every step.
+
+Neither may cost a run: if compiling or capturing fails, a one-line notice says which path is used
+and training goes on.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+Step = Callable[[torch.Tensor], torch.Tensor]
+
+
+class CompiledStep:
+    """torch.compile of the step with no graph break allowed; eager again if compilation fails."""
+
+    def __init__(self, step: Step, notice: Callable[[str], None]):
+        self.eager = step
+        self.compiled = torch.compile(step, fullgraph=True)
+        self.notice = notice
+        self.active = True
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return self.eager(x)
+        # Dynamo traces the step's torch.autograd.grad calls only with this switch on.
+        with torch._dynamo.config.patch(trace_autograd_ops=True):
+            try:
+                return self.compiled(x)
+            except Exception as exc:  # compiler missing, unsupported op, ...: never lose the run
+                self.active = False
+                self.notice(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                            "training continues without compilation")
+        return self.eager(x)
+
+
+class GraphedStep:
+    """Capture the step in a CUDA graph after warm-up steps on a side stream, then replay it.
+
+    The batch is copied into a static buffer; noise (torch's CUDA generator) and dropout keys (device
+    tensors advanced inside the step) change on every replay. The step must not sync with the host.
+    """
+
+    warmup_steps = 3  # Triton autotuning, compilation and allocator warm-up all happen before capture
+
+    def __init__(self, step: Step, notice: Callable[[str], None]):
+        self.step = step
+        self.notice = notice
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.active = True
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.graph is not None:
+            self.static_x.copy_(x)
+            self.graph.replay()
+            return self.static_out.clone()
+        if not self.active:
+            return self.step(x)
+        self.calls += 1
+        if self.calls <= self.warmup_steps:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = self.step(x)
+            torch.cuda.current_stream().wait_stream(side)
+            return out
+        return self._capture_and_run(x)
+
+    def _capture_and_run(self, x: torch.Tensor) -> torch.Tensor:
+        self.static_x = x.clone()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self.static_out = self.step(self.static_x)
+        except Exception as exc:
+            self.active = False
+            torch.cuda.synchronize()
+            self.notice(f"CUDA-graph capture failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                        "training continues without CUDA graphs")
+            return self.step(x)
+        self.graph = graph
+        graph.replay()  # capture records the step without running it: run it for this batch now
+        return self.static_out.clone()
+
+
+def build_step(step: Step, device: torch.device, compile: bool, cuda_graphs: bool,
+               notice: Callable[[str], None]) -> Step:
+    if compile:
+        step = CompiledStep(step, notice)
+    if cuda_graphs and device.type == "cuda":
+        step = GraphedStep(step, notice)
+    return step
+
+
+def describe(step: Step) -> dict:
+    """Which optimisations are in effect now (after any fallback)."""
+    graphed = isinstance(step, GraphedStep)
+    inner = step.step if graphed else step
+    return {"compile": isinstance(inner, CompiledStep) and inner.active,
+            "cuda_graphs": graphed and step.active}

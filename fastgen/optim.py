@@ -1,0 +1,70 @@
+"""Adam as one function call on given gradients, and fp16 loss scaling kept on the device: both
+traceable by torch.compile(fullgraph=True) and capturable in a CUDA graph, neither touching `.grad`
+(so no zero_grad) nor syncing with the host."""
+from __future__ import annotations
+
+import torch
+from torch.optim.adam import adam
+
+
+class StepAdam:
+    """torch's Adam update (its functional form) with the state and the learning rate in device tensors.
+
+    `torch.optim.Adam.step` breaks torch.compile graphs on purpose; its functional `adam` does not.
+    The `torch.optim.Adam` object is kept as the holder of the state, so `state_dict()` is Adam's own.
+    """
+
+    def __init__(self, params, lr: float, betas, device: torch.device, fused: bool | None = None):
+        self.params = list(params)
+        self.lr = torch.tensor(float(lr), device=device)  # a tensor: changing it never recompiles
+        self.betas = tuple(betas)
+        # CPU: the fused kernel (one pass over all parameters). CUDA: the multi-tensor update with
+        # step counters on the device, or the fused kernel where fp16 loss scaling needs `found_inf`.
+        self.fused = device.type == "cpu" if fused is None else fused
+        self.capturable = device.type == "cuda"
+        self.optimizer = torch.optim.Adam(self.params, lr=self.lr, betas=self.betas,
+                                          capturable=self.capturable, fused=self.fused)
+        for p in self.params:
+            self.optimizer.state[p] = {
+                "step": torch.zeros((), dtype=torch.float32, device=device),
+                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+            }
+        states = [self.optimizer.state[p] for p in self.params]
+        self.exp_avgs = [s["exp_avg"] for s in states]
+        self.exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+        self.steps = [s["step"] for s in states]
+
+    @torch.no_grad()
+    def step(self, grads, found_inf: torch.Tensor | None = None) -> None:
+        """One Adam update; skipped (on the device) where `found_inf` is set."""
+        beta1, beta2 = self.betas
+        # torch.compile traces the multi-tensor update (the fused kernel is opaque to it), and in a
+        # traced graph the step counters may live on any device.
+        fused = self.fused and not (torch.compiler.is_compiling() and found_inf is None)
+        capturable = self.capturable or torch.compiler.is_compiling()
+        adam(self.params, list(grads), self.exp_avgs, self.exp_avg_sqs, [], self.steps,
+             foreach=not fused, fused=fused, capturable=capturable, differentiable=False,
+             grad_scale=None, found_inf=found_inf, has_complex=False, amsgrad=False, beta1=beta1, beta2=beta2,
+             lr=self.lr, weight_decay=0.0, eps=1e-8, maximize=False)
+
+
+class DeviceLossScaler:
+    """Dynamic fp16 loss scaling with GradScaler's own kernels, all on the device (no `.item()`).
+
+    torch.amp.GradScaler decides whether to skip a step on the host, which would put a sync inside
+    every step and rule out CUDA graphs; these are the same operations with the decision left on the device.
+    """
+
+    def __init__(self, device: torch.device, init_scale: float = 2.0**16, growth_interval: int = 2000):
+        self.scale = torch.full((), init_scale, dtype=torch.float32, device=device)
+        self.growth_tracker = torch.zeros((), dtype=torch.int32, device=device)
+        self.growth_interval = growth_interval
+
+    def grads(self, loss: torch.Tensor, params) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Unscaled gradients of `loss` and a `found_inf` flag; updates the scale for the next step."""
+        grads = list(torch.autograd.grad(loss * self.scale, params))
+        found_inf = torch.zeros((), dtype=torch.float32, device=self.scale.device)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, self.scale.reciprocal())
+        torch._amp_update_scale_(self.scale, self.growth_tracker, found_inf, 2.0, 0.5, self.growth_interval)
+        return grads, found_inf
