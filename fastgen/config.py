@@ -36,7 +36,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = False
     amp_dtype: str = "bf16"  # CUDA: "bf16", or "fp16" with dynamic loss scaling on the device
-    compile: Optional[bool] = None  # None: on for CUDA; on the CPU, whichever measured faster (COMPILE_ON_CPU)
+    compile: Optional[bool] = None  # None: on for CUDA; on the CPU, whichever measured faster per model
     cuda_graphs: Optional[bool] = None  # None: on for CUDA
     kernels: str = "auto"
     max_steps: Optional[int] = None

@@ -37,6 +37,9 @@ def test_short_run_writes_every_file(mnist, tmp_path, model):
     assert expected | {"epoch", "step", "epoch_s", "samples_per_s"} <= set(rows[0])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 30 and summary["samples_per_s"] > 0 and summary["amp"] is False
+    # The CPU default path: compiled where it measured faster (the VAE), never CUDA graphs.
+    assert summary["compile"] is (model == "vae") and summary["cuda_graphs"] is False
+    assert "failed" not in result.stderr
     for png in ["losses.png", "samples/epoch_0001.png"] + (["samples/recon_0001.png"] if model == "vae" else []):
         with Image.open(out / png) as image:
             image.verify()
@@ -64,7 +67,8 @@ def test_same_seed_same_losses_different_seed_different_losses(mnist, tmp_path):
 
 def test_sample_cli_writes_a_grid(mnist, tmp_path):
     out = tmp_path / "run"
-    assert train_cli("--model", "vae", "--max-steps", "5", "--data-dir", str(mnist), "--out", str(out), "--quiet").returncode == 0
+    assert train_cli("--model", "vae", "--max-steps", "5", "--data-dir", str(mnist), "--out", str(out), "--quiet",
+                     "--no-compile").returncode == 0
     grid = tmp_path / "grid.png"
     result = run_cli("fastgen.sample", str(out), "--n", "16", "--out", str(grid), "--device", "cpu")
     assert result.returncode == 0, result.stderr
@@ -83,6 +87,7 @@ def test_sample_cli_writes_a_grid(mnist, tmp_path):
     ([], "--model"),
     (["--model", "gan", "--kernels", "triton"], "--kernels triton"),
     (["--model", "gan", "--dataset", "cifar"], "--dataset"),
+    (["--model", "gan", "--amp-dtype", "fp8"], "--amp-dtype"),
 ])
 def test_bad_values_exit_2_with_one_line(mnist, tmp_path, args, needle):
     result = train_cli(*args, "--data-dir", str(mnist), "--out", str(tmp_path / "o"))
@@ -90,6 +95,22 @@ def test_bad_values_exit_2_with_one_line(mnist, tmp_path, args, needle):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_cuda_asked_for_without_cuda_is_one_line(mnist, tmp_path):
+    result = run_cli("fastgen.train", "--model", "gan", "--device", "cuda", "--data-dir", str(mnist),
+                     "--out", str(tmp_path / "o"), "--max-steps", "1", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no CUDA device" in result.stderr
+
+
+def test_cuda_graphs_on_cpu_are_refused_with_a_notice_and_training_goes_on(mnist, tmp_path):
+    out = tmp_path / "run"
+    result = train_cli("--model", "gan", "--max-steps", "3", "--cuda-graphs", "--data-dir", str(mnist),
+                       "--out", str(out), "--quiet")
+    assert result.returncode == 0 and "--cuda-graphs needs a CUDA device" in result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cuda_graphs"] is False
 
 
 def test_missing_data_is_one_line_naming_the_places(tmp_path):

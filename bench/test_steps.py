@@ -1,0 +1,50 @@
+"""One training step of each model: eager, torch.compile'd, and CUDA-graphed; float32 and bf16 autocast.
+
+Each round is 20 steps on device-resident batches; compilation, autotuning and graph capture happen
+in the warm-up round and are not measured.
+"""
+import pytest
+import torch
+
+from fastgen.compiled_step import build_step, describe
+from fastgen.config import TrainConfig
+from fastgen.environment import cpu_has_fast_bf16
+from fastgen.steps import GANTrainer, VAETrainer
+
+STEPS = 20
+BATCH = {"gan": 64, "vae": 100}
+VARIANTS = {"eager": (False, False), "compiled": (True, False), "graphed": (True, True)}
+
+
+@pytest.mark.parametrize("amp", ["fp32", "bf16"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("model", ["gan", "vae"])
+def test_step(benchmark, record, device, model, variant, amp):
+    compile, graphs = VARIANTS[variant]
+    if graphs and device.type != "cuda":
+        pytest.skip("CUDA graphs need a CUDA device")
+    if amp == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+        pytest.skip("this CPU has no fast bf16 (no AVX512-BF16 or AMX): fastgen trains in float32 here")
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    config = TrainConfig(model=model, batch_size=BATCH[model]).resolved()
+    trainer = (GANTrainer if model == "gan" else VAETrainer)(config, device, torch.bfloat16 if amp == "bf16" else None)
+    notices = []
+    step = build_step(trainer.step, device, compile, graphs, notices.append)
+    low = -1.0 if model == "gan" else 0.0
+    batches = torch.rand(STEPS, BATCH[model], 784, device=device) * (1 - low) + low
+
+    def run():
+        for i in range(STEPS):
+            step(batches[i])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    benchmark.group = f"step {model} batch {BATCH[model]} {amp}"
+    benchmark.pedantic(run, rounds=5 if device.type == "cpu" else 20, warmup_rounds=1, iterations=1)
+    assert not notices, notices  # a silent fallback would mislabel the numbers
+    record(variant=variant, role="reference" if variant == "eager" else "variant", model=model,
+           batch_size=BATCH[model], amp=amp, steps=STEPS, path=describe(step),
+           samples_per_s=STEPS * BATCH[model] / benchmark.stats.stats.median)
