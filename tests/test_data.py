@@ -125,3 +125,13 @@ def test_device_split_scales_on_the_device_and_batches_without_repeats(tmp_path)
 def test_real_mnist_loads(mnist):
     images, labels = load_split("mnist", "test", mnist, download=False)
     assert images.shape == (10_000, 28, 28) and labels.max() == 9 and labels.min() == 0
+
+
+def test_fashion_mnist_from_debians_gzipped_folder(tmp_path, monkeypatch):
+    """`apt-get install dataset-fashion-mnist` puts the gzipped IDX files directly in one folder."""
+    import fastgen.data
+
+    images, _ = write_split(tmp_path / "debian", n=4, gz=True, folder=".")
+    monkeypatch.setattr(fastgen.data, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    got, _ = load_split("fashion-mnist", "train", tmp_path / "empty", download=False)
+    assert np.array_equal(got.numpy(), images)

@@ -224,3 +224,53 @@ def test_triton_masks_follow_the_published_philox_stream(seed, step):
     with cpu_backend("triton"):
         mask = dropout_keep_mask(torch.tensor([seed, step]), (n,), p, "cpu")
     assert np.array_equal(mask.numpy(), keep_mask(seed, step, n, p))
+
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("M, K, N", [(1, 1, 1), (47, 1023, 300), (4096, 784, 1024)])
+def test_cuda_kernels_match_reference(dtype, M, K, N):
+    """The compiled Triton kernels on the GPU, bf16 included (the interpreter cannot run bf16)."""
+    gen = torch.Generator().manual_seed(M * K + N)
+    x = torch.randn(M, K, generator=gen).to("cuda", dtype).requires_grad_(True)
+    w = (torch.randn(N, K, generator=gen) / math.sqrt(K)).to("cuda", dtype).requires_grad_(True)
+    b = torch.randn(N, generator=gen).to("cuda", dtype).requires_grad_(True)
+    y = linear_leaky_relu_dropout(x, w, b, p=0.3, seed=5)
+    grad = torch.randn(M, N, generator=gen).to("cuda", dtype)
+    y.backward(grad)
+    mask = dropout_keep_mask(5, (M, N), 0.3, "cuda")
+    xr, wr, br = (_leaf(t.float()) for t in (x, w, b))
+    yr = linear_leaky_relu_dropout_reference(xr, wr, br, 0.2, mask, 0.3)
+    yr.backward(grad.float())
+    for name, a, e in (("y", y, yr), ("grad x", x.grad, xr.grad), ("grad weight", w.grad, wr.grad), ("grad bias", b.grad, br.grad)):
+        assert_close(a, e, dtype, name)
+
+    mu = torch.randn(M, 16, generator=gen).to("cuda", dtype).requires_grad_(True)
+    logvar = torch.randn(M, 16, generator=gen).to("cuda", dtype).requires_grad_(True)
+    target = torch.rand(M, K, generator=gen).to("cuda", dtype)
+    logits = (torch.randn(M, K, generator=gen) * 10).to("cuda", dtype).requires_grad_(True)
+    loss = bce_kl_loss(logits, target, mu, logvar)
+    loss.backward()
+    leaves = [_leaf(t.double()) for t in (logits, mu, logvar)]
+    ref = bce_kl_loss_reference(leaves[0], target.double(), leaves[1], leaves[2])
+    ref.backward()
+    assert_close(loss, ref, dtype, "bce_kl loss")
+    for name, t, r in zip(("logits", "mu", "logvar"), (logits, mu, logvar), leaves):
+        assert_close(t.grad, r.grad, dtype, f"bce_kl grad {name}")
+
+    z = reparameterize(mu.detach(), logvar.detach(), seed=9)
+    eps = reparameterize(torch.zeros_like(mu), torch.zeros_like(logvar), seed=9)
+    assert_close(z, mu.float() + torch.exp(0.5 * logvar.float()) * eps.float(), dtype, "z")
+    if eps.numel() > 500:  # the in-kernel noise is standard normal
+        assert abs(eps.float().mean().item()) < 0.2 and 0.8 < eps.float().std().item() < 1.2
+
+
+@cuda_only
+def test_cuda_masks_same_key_same_mask_new_step_new_mask():
+    a = dropout_keep_mask(torch.tensor([3, 0], device="cuda"), (256, 256), 0.5, "cuda")
+    assert torch.equal(a, dropout_keep_mask(torch.tensor([3, 0], device="cuda"), (256, 256), 0.5, "cuda"))
+    b = dropout_keep_mask(torch.tensor([3, 1], device="cuda"), (256, 256), 0.5, "cuda")
+    assert 0.45 < (a == b).float().mean().item() < 0.55

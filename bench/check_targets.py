@@ -1,0 +1,88 @@
+"""Check the project's performance targets against a results folder written by bench/run_all.sh.
+
+    python bench/check_targets.py bench/results/<device>
+
+Prints a markdown table: target, measured value, pass / FAIL, or "not measured" where the folder
+has no such number (GPU targets in a CPU folder, say).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _benchmarks(folder: Path) -> list[dict]:
+    path = folder / "bench.json"
+    return json.loads(path.read_text())["benchmarks"] if path.exists() else []
+
+
+def _median(benchmarks, group: str, variant: str):
+    for b in benchmarks:
+        if b.get("group") == group and b["extra_info"].get("variant", "").startswith(variant):
+            return b["stats"]["median"], b["extra_info"]
+    return None, None
+
+
+def _ratio(benchmarks, group, faster, slower):
+    a, _ = _median(benchmarks, group, faster)
+    b, _ = _median(benchmarks, group, slower)
+    return b / a if a and b else None
+
+
+def _summary(folder: Path, run: str) -> dict | None:
+    path = folder / "runs" / run / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def checks(folder: Path) -> list[tuple[str, str, float | None, bool | None]]:
+    bench = _benchmarks(folder)
+    rows = []
+
+    def add(name, value, unit, ok):
+        rows.append((name, f"{value:.3g}{unit}" if value is not None else "not measured", value,
+                     None if value is None else ok(value)))
+
+    for model, batch in (("gan", 32), ("vae", 100)):
+        r = _ratio(bench, f"end-to-end {model} batch {batch}", "fastgen", "plain baseline")
+        add(f"{model.upper()} end-to-end vs plain baseline >= 1.5x (foundation)", r, "x", lambda v: v >= 1.5)
+        add(f"{model.upper()} end-to-end vs plain baseline >= 2.5x (compiled step, CPU)", r, "x", lambda v: v >= 2.5)
+    group = "linear_leaky_relu_dropout forward+backward batch 4096 bf16"
+    add("fused layer fwd+bwd vs eager >= 1.3x (4096, bf16)", _ratio(bench, group, "fastgen", "eager"), "x", lambda v: v >= 1.3)
+    add("fused layer fwd+bwd vs torch.compile >= 1.0x", _ratio(bench, group, "fastgen", "compile"), "x", lambda v: v >= 1.0)
+    _, fused = _median(bench, group, "fastgen")
+    _, eager = _median(bench, group, "eager")
+    saved = fused["saved_mib"] / eager["saved_mib"] if fused and eager and eager.get("saved_mib") else None
+    add("fused layer saved memory <= 0.5x eager", saved, "x", lambda v: v <= 0.5)
+    add("bce_kl_loss fwd+bwd vs eager >= 3x", _ratio(bench, "bce_kl_loss forward+backward batch 4096 bf16", "fastgen", "eager"),
+        "x", lambda v: v >= 3)
+    add("reparameterize fwd+bwd vs eager >= 2x", _ratio(bench, "reparameterize forward+backward batch 4096 bf16", "fastgen", "eager"),
+        "x", lambda v: v >= 2)
+    add("graphed GAN step (batch 64) vs eager >= 5x", _ratio(bench, "step gan batch 64 fp32", "graphed", "eager"),
+        "x", lambda v: v >= 5)
+    gan = _summary(folder, "gan-10-epochs-b64")
+    epoch_s = None
+    if gan:
+        rows_ = [json.loads(l) for l in (folder / "runs" / "gan-10-epochs-b64" / "metrics.jsonl").read_text().splitlines()]
+        epoch_s = sorted(r["epoch_s"] for r in rows_[1:])[len(rows_[1:]) // 2] if len(rows_) > 1 else None
+    add("paper-GAN epoch at batch 64 < 0.5 s (median after the first)", epoch_s, " s", lambda v: v < 0.5)
+    vae = _summary(folder, "vae-200-epochs")
+    add("200 VAE epochs incl. compilation < 30 s", vae["wall_s"] if vae else None, " s", lambda v: v < 30)
+    vae10 = _summary(folder, "vae-10-epochs")
+    add("VAE test loss after 10 epochs <= 110", vae10["final"]["test_loss"] if vae10 else None, "", lambda v: v <= 110)
+    return rows
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or not Path(argv[0]).is_dir():
+        print("usage: python bench/check_targets.py RESULTS_DIR", file=sys.stderr)
+        return 2
+    print("| target | measured | verdict |\n|---|---|---|")
+    for name, shown, _, ok in checks(Path(argv[0])):
+        print(f"| {name} | {shown} | {'-' if ok is None else ('pass' if ok else 'FAIL')} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

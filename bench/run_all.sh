@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Every measurement fastgen reports, in one command, on whatever device this machine has:
+#   bash bench/run_all.sh [OUT_DIR]        (default: bench/results/<device-name>)
+# Writes: tests.txt (the full test suite, GPU tests included where there is a GPU), bench.json +
+# bench.txt (pytest-benchmark), results.md (ratio table), runs/ (timed training runs), targets.md.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export FASTGEN_TEST_DATA="${FASTGEN_TEST_DATA:-$(cd .. && pwd)/shared/data}"
+device=$(python -c "
+import re, torch
+from fastgen.environment import device_name
+name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu ' + device_name(torch.device('cpu'))
+print(re.sub(r'[^a-z0-9]+', '-', name.lower().replace('(r)', '')).strip('-'))")
+out="${1:-bench/results/$device}"
+mkdir -p "$out/runs"
+echo "device: $device -> $out"
+date -u +%Y-%m-%dT%H:%M:%SZ > "$out/date.txt"
+
+python -m pytest tests -q -p no:cacheprovider > "$out/tests.txt" 2>&1
+echo "tests: $(tail -n 1 "$out/tests.txt")"
+
+python -m pytest bench --benchmark-only -q -p no:cacheprovider --benchmark-json="$out/bench.json" > "$out/bench.txt" 2>&1
+echo "bench: $(tail -n 1 "$out/bench.txt")"
+python bench/report.py "$out/bench.json" > "$out/results.md"
+
+# Timed training runs, compilation included in wall time.
+data=(--data-dir "$FASTGEN_TEST_DATA" --no-download --quiet --overwrite)
+if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    python -m fastgen.train --model gan --epochs 1 --batch-size 64 --out "$out/runs/gan-1-epoch-b64" "${data[@]}"
+    python -m fastgen.train --model gan --epochs 10 --batch-size 64 --out "$out/runs/gan-10-epochs-b64" "${data[@]}"
+    python -m fastgen.train --model vae --epochs 200 --out "$out/runs/vae-200-epochs" "${data[@]}"
+    python -m fastgen.train --model gan --epochs 2 --batch-size 64 --amp --out "$out/runs/gan-2-epochs-b64-amp" "${data[@]}"
+else
+    python -m fastgen.train --model vae --epochs 10 --out "$out/runs/vae-10-epochs" "${data[@]}"
+    python -m fastgen.train --model gan --epochs 1 --out "$out/runs/gan-1-epoch" "${data[@]}"
+fi
+python bench/check_targets.py "$out" | tee "$out/targets.md"
