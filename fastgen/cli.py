@@ -24,8 +24,8 @@ def run(prog: str, body, argv=None) -> int:
     except FastgenError as exc:
         if debug:
             raise
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        print(f"{prog}: {'' if hasattr(exc, 'exit_code') else 'error: '}{exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", EXIT_USAGE)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -22,8 +22,8 @@ DEFAULTS = {
 
 @dataclass
 class TrainConfig:
-    model: str
-    epochs: int = 50
+    model: Optional[str] = None  # required unless resuming
+    epochs: Optional[int] = None  # None: 50
     batch_size: Optional[int] = None  # None: the model's default (GAN 32, VAE 100)
     lr: Optional[float] = None  # None: the model's default (GAN 2e-4, VAE 1e-3)
     betas: Optional[tuple] = None
@@ -42,10 +42,14 @@ class TrainConfig:
     max_steps: Optional[int] = None
     sample_every: int = 10
     quiet: bool = False
+    checkpoint_every: Optional[int] = None  # steps between mid-epoch checkpoints (one is always written per epoch)
+    resume: Optional[str] = None  # a run folder to continue
     extra: dict = field(default_factory=dict)
 
     def resolved(self) -> "TrainConfig":
         """A validated copy with the model's defaults filled in. Raises FastgenError naming the bad value."""
+        if self.model is None:
+            raise FastgenError("--model is required (gan or vae), unless --resume names a run")
         if self.model not in MODELS:
             raise FastgenError(f"--model must be one of {MODELS}, got {self.model!r}")
         if self.dataset not in DATASETS:
@@ -61,6 +65,8 @@ class TrainConfig:
         for key in ("batch_size", "lr", "betas"):
             if values[key] is None:
                 values[key] = defaults[key]
+        if values["epochs"] is None:
+            values["epochs"] = 50
         values["betas"] = tuple(values["betas"])
         config = TrainConfig(**values)
         _check_int("--epochs", config.epochs, minimum=1)
@@ -69,6 +75,8 @@ class TrainConfig:
         _check_int("--seed", config.seed, minimum=0)
         if config.max_steps is not None:
             _check_int("--max-steps", config.max_steps, minimum=1)
+        if config.checkpoint_every is not None:
+            _check_int("--checkpoint-every", config.checkpoint_every, minimum=1)
         if not (isinstance(config.lr, (int, float)) and 0 < config.lr < 1):
             raise FastgenError(f"--lr must be in (0, 1), got {config.lr}")
         return config

@@ -37,6 +37,8 @@ class GANTrainer:
         self.opt_g = StepAdam(self.g_params, config.lr, config.betas, device, fused)
         self.opt_d = StepAdam(self.d_params, config.lr, config.betas, device, fused)
         self.scaler_g, self.scaler_d = _scaler(device, amp_dtype), _scaler(device, amp_dtype)
+        self.optimizers = {"generator": self.opt_g, "discriminator": self.opt_d}
+        self.scalers = {"generator": self.scaler_g, "discriminator": self.scaler_d}
         self.autocast = autocast_factory(device, amp_dtype)
         self.device = device
 
@@ -78,6 +80,8 @@ class VAETrainer:
         self.params = list(self.vae.parameters())
         self.opt = StepAdam(self.params, config.lr, config.betas, device, True if amp_dtype == torch.float16 else None)
         self.scaler = _scaler(device, amp_dtype)
+        self.optimizers = {"vae": self.opt}
+        self.scalers = {"vae": self.scaler}
         self.autocast = autocast_factory(device, amp_dtype)
         self.device = device
 

@@ -12,8 +12,8 @@ from .nn import KERNELS
 
 def build_parser() -> Parser:
     parser = Parser(prog="python -m fastgen.train", description=__doc__)
-    parser.add_argument("--model", required=True, choices=MODELS)
-    parser.add_argument("--epochs", type=positive_int, default=50)
+    parser.add_argument("--model", choices=MODELS, help="required unless --resume")
+    parser.add_argument("--epochs", type=positive_int, help="default 50")
     parser.add_argument("--batch-size", type=positive_int, help="default: GAN 32, VAE 100")
     parser.add_argument("--lr", type=positive_float, help="default: GAN 2e-4 (betas 0.5, 0.999), VAE 1e-3")
     parser.add_argument("--seed", type=non_negative_int, default=0)
@@ -35,6 +35,9 @@ def build_parser() -> Parser:
     parser.add_argument("--max-steps", type=positive_int, help="stop after N optimizer steps")
     parser.add_argument("--sample-every", type=positive_int, default=10, help="epochs between sample grids")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
+    parser.add_argument("--checkpoint-every", type=positive_int, help="also checkpoint every N steps within an epoch")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue a run from its checkpoint (its own settings; --epochs/--max-steps may extend it)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 

@@ -3,8 +3,12 @@ DeviceSplit.epoch_batches -> DeviceSplit.batch -> Trainer.step (fused ops) -> de
 """
 from __future__ import annotations
 
+import math
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 
 import torch
 from tqdm import tqdm
@@ -15,6 +19,7 @@ from .environment import cpu_has_fast_bf16, device_name, resolve_device, version
 from .errors import FastgenError
 from .ops import triton_runs_on
 from .outputs import RunWriter, default_out, prepare_out
+from . import run_state
 from .compiled_step import build_step, describe
 from .steps import GANTrainer, VAETrainer
 
@@ -59,8 +64,49 @@ def resolve_amp(config: TrainConfig, device: torch.device) -> torch.dtype | None
     return dtype
 
 
+class Interrupted(FastgenError):
+    """SIGINT/SIGTERM: the current step finished, a checkpoint was written, the run can be resumed."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+@contextmanager
+def _stop_requests():
+    """SIGINT and SIGTERM set a flag the loop checks after each step, instead of killing the step."""
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: requested.append(signum))
+    try:
+        yield requested
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _resumed_config(config: TrainConfig) -> tuple[TrainConfig, run_state.Checkpoint]:
+    """The saved run's configuration, with the few settings a resume may change taken from `config`."""
+    checkpoint = run_state.load(config.resume)
+    saved = dict(checkpoint.config)
+    for key in ("epochs", "max_steps", "quiet", "device", "compile", "cuda_graphs", "checkpoint_every"):
+        if getattr(config, key) not in (None, False):
+            saved[key] = getattr(config, key)
+    if config.model is not None and config.model != saved["model"]:
+        raise FastgenError(f"--resume {config.resume} holds a {saved['model']} run, not a {config.model} run")
+    saved.update(out=str(config.resume), overwrite=True, resume=str(config.resume))
+    return TrainConfig(**saved), checkpoint
+
+
 def train(config: TrainConfig) -> dict:
     """Train one model as `config` says, write its run folder, and return the summary dict."""
+    checkpoint = None
+    if config.resume is not None:
+        config, checkpoint = _resumed_config(config)
     config = config.resolved()
     device = resolve_device(config.device)
     if config.kernels == "triton" and not triton_runs_on(device):
@@ -84,6 +130,15 @@ def train(config: TrainConfig) -> dict:
     writer = RunWriter(out)
 
     trainer = (GANTrainer if config.model == "gan" else VAETrainer)(config, device, amp_dtype)
+    data_gen = torch.Generator(device=device).manual_seed(config.seed)
+    position = run_state.Position(epoch=1, step_in_epoch=0, step=0)
+    if checkpoint is not None:
+        run_state.restore(trainer, checkpoint)
+        position = checkpoint.position
+        data_gen.set_state(checkpoint.tensors["rng.data_epoch_start"].to(data_gen.get_state().device))
+        for row in checkpoint.metrics:
+            if row["epoch"] < position.epoch:  # a partial epoch's row is rewritten when it completes
+                writer.append_metrics(row)
     use_compile = config.compile if config.compile is not None else default_compile(config.model, device)
     use_graphs = config.cuda_graphs if config.cuda_graphs is not None else device.type == "cuda"
     if use_graphs and device.type != "cuda":
@@ -98,10 +153,8 @@ def train(config: TrainConfig) -> dict:
     writer.write_json("config.json", run_info)
 
     sample_gen = torch.Generator(device="cpu").manual_seed(config.seed + 1)
-    latent_dim = trainer.sampler().latent_dim
-    fixed_noise = torch.randn(64, latent_dim, generator=sample_gen).to(device)
+    fixed_noise = torch.randn(64, trainer.sampler().latent_dim, generator=sample_gen).to(device)
     fixed_test = test_split.scale(test_split.images[:32]) if test_split is not None else None
-    data_gen = torch.Generator(device=device).manual_seed(config.seed)
 
     steps_per_epoch = len(train_split) // config.batch_size
     total_steps = config.epochs * steps_per_epoch
@@ -109,50 +162,78 @@ def train(config: TrainConfig) -> dict:
         total_steps = min(total_steps, config.max_steps)
     last_epoch = -(-total_steps // steps_per_epoch)
     # Throughput excludes warm-up: the first epoch when there are several, else the first tenth of the steps.
-    warmup_steps = steps_per_epoch if last_epoch > 1 else max(1, total_steps // 10)
+    remaining = total_steps - position.step
+    warmup_steps = position.step + (steps_per_epoch if remaining > steps_per_epoch else max(1, remaining // 10))
     show_bar = not config.quiet and sys.stderr.isatty()
 
-    step = 0
+    def save_checkpoint(pos: run_state.Position, sums: torch.Tensor, epoch_gen_state: torch.Tensor) -> None:
+        run_state.save(out / run_state.CHECKPOINT_FILE, trainer, pos, sums, epoch_gen_state, config.to_dict(),
+                       writer.metrics, config.model)
+
+    step = position.step
     start = time.perf_counter()
     steady_start = None
     steady_s = 0.0  # training-loop time after warm-up; evaluation and file writing are not counted
-    stats = None
-    for epoch in range(1, last_epoch + 1):
-        epoch_start = time.perf_counter()
-        sums = torch.zeros(len(trainer.metric_names), device=device)
-        batches = train_split.epoch_batches(config.batch_size, data_gen)
-        n_steps = min(steps_per_epoch, total_steps - step)
-        bar = tqdm(total=n_steps, desc=f"epoch {epoch}/{last_epoch}", unit="step", disable=not show_bar, leave=False)
-        for i in range(n_steps):
-            stats = step_fn(train_split.batch(batches[i]))
-            sums += stats
-            step += 1
-            if step == warmup_steps:
-                _sync(device)
-                steady_start = time.perf_counter()
-            if show_bar:
-                bar.update(1)
-                if step % _POSTFIX_EVERY == 0:
-                    rate = bar.format_dict["rate"] or 0.0
-                    bar.set_postfix({**dict(zip(trainer.metric_names[:2], (f"{v:.3f}" for v in stats.tolist()))),
-                                     "img/s": f"{rate * config.batch_size:.0f}"})
-        bar.close()
-        values = (sums / n_steps).tolist()  # the epoch's one host sync
-        loop_end = time.perf_counter()
-        epoch_s = loop_end - epoch_start
-        if steady_start is not None:
-            steady_s += loop_end - max(epoch_start, steady_start)
-        row = {"epoch": epoch, "step": step, **dict(zip(trainer.metric_names, values)),
-               "epoch_s": epoch_s, "samples_per_s": n_steps * config.batch_size / epoch_s}
-        if test_split is not None:
-            row["test_loss"] = trainer.test_loss(test_split, seed=config.seed)
-        writer.append_metrics(row)
-        if epoch % config.sample_every == 0 or epoch == last_epoch:
-            _save_samples(writer, trainer, fixed_noise, fixed_test, epoch)
-        writer.save_weights({name: getattr(trainer, name) for name in trainer.modules}, config.model, config.to_dict())
-        if not config.quiet and not show_bar:
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step"))
-            print(f"epoch {epoch}/{last_epoch}: {shown}", flush=True)
+    with _stop_requests() as stop:
+        for epoch in range(position.epoch, last_epoch + 1):
+            epoch_start = time.perf_counter()
+            epoch_gen_state = data_gen.get_state()
+            batches = train_split.epoch_batches(config.batch_size, data_gen)
+            n_steps = min(steps_per_epoch, total_steps - (epoch - 1) * steps_per_epoch)
+            first = 0
+            sums = torch.zeros(len(trainer.metric_names), device=device)
+            if checkpoint is not None and epoch == position.epoch and position.step_in_epoch:
+                first = position.step_in_epoch
+                sums = checkpoint.tensors["progress.epoch_sums"].to(device)
+                run_state.restore_rng(checkpoint)  # the noise stream as it was after step `first`
+            bar = tqdm(total=n_steps, initial=first, desc=f"epoch {epoch}/{last_epoch}", unit="step",
+                       disable=not show_bar, leave=False)
+            for i in range(first, n_steps):
+                stats = step_fn(train_split.batch(batches[i]))
+                sums += stats
+                step += 1
+                if step == warmup_steps:
+                    _sync(device)
+                    steady_start = time.perf_counter()
+                if show_bar:
+                    bar.update(1)
+                    if step % _POSTFIX_EVERY == 0:
+                        rate = bar.format_dict["rate"] or 0.0
+                        bar.set_postfix({**dict(zip(trainer.metric_names[:2], (f"{v:.3f}" for v in stats.tolist()))),
+                                         "img/s": f"{rate * config.batch_size:.0f}"})
+                due = config.checkpoint_every is not None and step % config.checkpoint_every == 0
+                if (stop or due) and i + 1 < n_steps:
+                    _check_finite(trainer, sums, epoch, step, out)
+                    save_checkpoint(run_state.Position(epoch, i + 1, step), sums, epoch_gen_state)
+                if stop and i + 1 < n_steps:
+                    bar.close()
+                    raise Interrupted(f"interrupted at step {step}; checkpoint saved; resume with: "
+                                      f"python -m fastgen.train --resume {out}", stop[0])
+            bar.close()
+            values = (sums / n_steps).tolist()  # the epoch's one host sync
+            loop_end = time.perf_counter()
+            epoch_s = loop_end - epoch_start
+            if steady_start is not None:
+                steady_s += loop_end - max(epoch_start, steady_start)
+            _check_finite(trainer, sums, epoch, step, out)
+            row = {"epoch": epoch, "step": step, **dict(zip(trainer.metric_names, values)),
+                   "epoch_s": epoch_s, "samples_per_s": (n_steps - first) * config.batch_size / epoch_s}
+            if test_split is not None:
+                row["test_loss"] = trainer.test_loss(test_split, seed=config.seed)
+            writer.append_metrics(row)
+            if epoch % config.sample_every == 0 or epoch == last_epoch:
+                _save_samples(writer, trainer, fixed_noise, fixed_test, epoch)
+            writer.save_weights({name: getattr(trainer, name) for name in trainer.modules}, config.model, config.to_dict())
+            if n_steps < steps_per_epoch:  # stopped by --max-steps: a resume may finish this epoch
+                save_checkpoint(run_state.Position(epoch, n_steps, step), sums, epoch_gen_state)
+            else:
+                save_checkpoint(run_state.Position(epoch + 1, 0, step), torch.zeros_like(sums), data_gen.get_state())
+            if not config.quiet and not show_bar:
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step"))
+                print(f"epoch {epoch}/{last_epoch}: {shown}", flush=True)
+            if stop:
+                raise Interrupted(f"interrupted after epoch {epoch} (step {step}); checkpoint saved; resume with: "
+                                  f"python -m fastgen.train --resume {out}", stop[0])
 
     _sync(device)
     end = time.perf_counter()
@@ -166,12 +247,23 @@ def train(config: TrainConfig) -> dict:
         "final": {k: v for k, v in final.items() if k not in ("epoch", "step", "epoch_s", "samples_per_s")},
         "device": str(device), "device_name": device_name(device), "amp": amp_dtype is not None,
         "amp_dtype": run_info["amp_dtype"], "kernels": config.kernels, **describe(step_fn),
+        "resumed_from_step": checkpoint.position.step if checkpoint is not None else None,
         "out": str(out),
     }
     path = writer.write_json("summary.json", summary)
     if not config.quiet:
         print(f"summary: {path}")
     return summary
+
+
+def _check_finite(trainer, sums: torch.Tensor, epoch: int, step: int, out) -> None:
+    """Stop a diverged run before it overwrites the last good checkpoint."""
+    if bool(torch.isfinite(sums).all()):
+        return
+    bad = ", ".join(f"{name}={value}" for name, value in zip(trainer.metric_names, sums.tolist())
+                    if not math.isfinite(value))
+    raise FastgenError(f"training diverged in epoch {epoch} (by step {step}): {bad}; the last good checkpoint in "
+                       f"{out} is kept; try a lower --lr or train without --amp")
 
 
 @torch.no_grad()

@@ -1,0 +1,105 @@
+"""Everything needed to continue a run exactly: weights, dropout keys, Adam and loss-scaler state,
+RNG states and the position in the epoch, in one safetensors file written atomically."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .checkpoint import FORMAT_VERSION, atomic_write
+from .errors import FastgenError
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+@dataclass
+class Position:
+    epoch: int  # the epoch to run (or continue)
+    step_in_epoch: int  # steps of that epoch already done
+    step: int  # optimizer steps done in the whole run
+
+
+def trainer_tensors(trainer) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for name in trainer.modules:
+        for key, value in getattr(trainer, name).state_dict().items():
+            tensors[f"module.{name}.{key}"] = value
+    for name, opt in trainer.optimizers.items():
+        tensors[f"optim.{name}.lr"] = opt.lr
+        for i, (m, v, s) in enumerate(zip(opt.exp_avgs, opt.exp_avg_sqs, opt.steps)):
+            tensors[f"optim.{name}.{i}.exp_avg"], tensors[f"optim.{name}.{i}.exp_avg_sq"] = m, v
+            tensors[f"optim.{name}.{i}.step"] = s
+    for name, scaler in trainer.scalers.items():
+        if scaler is not None:
+            tensors[f"scaler.{name}.scale"], tensors[f"scaler.{name}.growth_tracker"] = scaler.scale, scaler.growth_tracker
+    return tensors
+
+
+def save(path: Path, trainer, position: Position, sums: torch.Tensor, data_gen_state: torch.Tensor,
+         config: dict, metrics: list[dict], model: str) -> None:
+    """Write the checkpoint; `data_gen_state` is the data generator's state at the start of `position.epoch`."""
+    tensors = {key: value.detach().cpu().contiguous() for key, value in trainer_tensors(trainer).items()}
+    tensors["rng.torch_cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.torch_cuda"] = torch.cuda.get_rng_state()
+    tensors["rng.data_epoch_start"] = data_gen_state.cpu()
+    tensors["progress.epoch_sums"] = sums.detach().cpu()
+    metadata = {"fastgen_format": FORMAT_VERSION, "model": model, "dataset": config["dataset"],
+                "config": json.dumps(config), "metrics": json.dumps(metrics),
+                "position": json.dumps(position.__dict__)}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+@dataclass
+class Checkpoint:
+    tensors: dict[str, torch.Tensor]
+    config: dict
+    metrics: list[dict]
+    position: Position
+
+
+def load(run_dir) -> Checkpoint:
+    path = Path(run_dir) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise FastgenError(f"--resume {run_dir}: no {CHECKPOINT_FILE} there (not a fastgen run, or it never finished a step)")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        if metadata.get("fastgen_format") != FORMAT_VERSION:
+            raise FastgenError(f"{path} has checkpoint format {metadata.get('fastgen_format')!r}; "
+                               f"this fastgen reads format {FORMAT_VERSION}")
+        return Checkpoint(tensors, json.loads(metadata["config"]), json.loads(metadata["metrics"]),
+                          Position(**json.loads(metadata["position"])))
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise FastgenError(f"{path} is truncated or corrupt ({type(exc).__name__}: {str(exc)[:120]}); "
+                           "it cannot be resumed") from None
+
+
+def restore(trainer, checkpoint: Checkpoint) -> None:
+    """Copy the saved state into the trainer's own tensors (their addresses stay, as CUDA graphs need)."""
+    expected = trainer_tensors(trainer)
+    saved = {k: v for k, v in checkpoint.tensors.items() if not k.startswith(("rng.", "progress."))}
+    missing, unexpected = expected.keys() - saved.keys(), saved.keys() - expected.keys()
+    if missing or unexpected:
+        name = sorted(missing or unexpected)[0]
+        raise FastgenError(f"checkpoint does not match this {checkpoint.config['model']} trainer: "
+                           f"{'missing' if missing else 'unexpected'} {name}")
+    with torch.no_grad():
+        for key, target in expected.items():
+            value = saved[key]
+            if value.shape != target.shape:
+                raise FastgenError(f"checkpoint does not match the architecture: {key} has shape "
+                                   f"{tuple(value.shape)}, expected {tuple(target.shape)}")
+            target.copy_(value)
+
+
+def restore_rng(checkpoint: Checkpoint) -> None:
+    """torch's CPU (and CUDA) generators as they were when the checkpoint was written."""
+    torch.set_rng_state(checkpoint.tensors["rng.torch_cpu"])
+    if "rng.torch_cuda" in checkpoint.tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(checkpoint.tensors["rng.torch_cuda"])

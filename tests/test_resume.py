@@ -1,0 +1,117 @@
+"""Runs are never lost: atomic checkpoints, exact resume after SIGINT/SIGTERM, a divergence guard."""
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import fastgen
+from fastgen import run_state
+from fastgen.checkpoint import atomic_write_text
+from fastgen.errors import FastgenError
+from fastgen.steps import GANTrainer
+from fastgen.training import Interrupted
+from tests.test_cli import run_cli
+
+
+def _config(mnist, out, **overrides):
+    settings = dict(model="gan", max_steps=40, data_dir=str(mnist), download=False, out=str(out), device="cpu",
+                    quiet=True, compile=False)
+    return fastgen.TrainConfig(**{**settings, **overrides})
+
+
+def _signal_at(monkeypatch, call: int, signum: int):
+    """Deliver a real signal to this process right after the given step."""
+    original = GANTrainer.step
+    calls = []
+
+    def step(self, x):
+        out = original(self, x)
+        calls.append(1)
+        if len(calls) == call:
+            os.kill(os.getpid(), signum)
+        return out
+
+    monkeypatch.setattr(GANTrainer, "step", step)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_then_resume_is_bit_identical_to_an_uninterrupted_run(mnist, tmp_path, monkeypatch, signum):
+    fastgen.train(_config(mnist, tmp_path / "straight"))
+
+    _signal_at(monkeypatch, 17, signum)
+    with pytest.raises(Interrupted, match="resume with: python -m fastgen.train --resume") as info:
+        fastgen.train(_config(mnist, tmp_path / "cut"))
+    assert info.value.exit_code == 128 + signum
+    assert run_state.load(tmp_path / "cut").position.step == 17
+    assert signal.getsignal(signal.SIGINT) is not None  # handlers restored
+    monkeypatch.undo()
+
+    summary = fastgen.train(fastgen.TrainConfig(resume=str(tmp_path / "cut"), quiet=True, compile=False))
+    assert summary["resumed_from_step"] == 17 and summary["steps"] == 40
+    for name in ("model.safetensors", "checkpoint.safetensors"):
+        a, b = load_file(tmp_path / "straight" / name), load_file(tmp_path / "cut" / name)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert (tmp_path / "cut" / "metrics.jsonl").read_text().count("\n") == 1
+    straight = (tmp_path / "straight" / "metrics.jsonl").read_text().split('"epoch_s"')[0]
+    assert (tmp_path / "cut" / "metrics.jsonl").read_text().split('"epoch_s"')[0] == straight
+
+
+def test_resume_extends_a_finished_run(mnist, tmp_path):
+    fastgen.train(_config(mnist, tmp_path / "a", max_steps=20))
+    fastgen.train(fastgen.TrainConfig(resume=str(tmp_path / "a"), max_steps=40, quiet=True))
+    fastgen.train(_config(mnist, tmp_path / "b", max_steps=40))
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(mnist, tmp_path, monkeypatch):
+    original = GANTrainer.step
+    calls = []
+
+    def step(self, x):
+        calls.append(1)
+        out = original(self, x)
+        return out * float("nan") if len(calls) >= 5 else out
+
+    monkeypatch.setattr(GANTrainer, "step", step)
+    with pytest.raises(FastgenError, match=r"diverged in epoch 1 .*d_loss=nan.*lower --lr"):
+        fastgen.train(_config(mnist, tmp_path / "run", checkpoint_every=2))
+    kept = run_state.load(tmp_path / "run")
+    assert kept.position.step == 4
+    assert all(torch.isfinite(t).all() for k, t in kept.tensors.items() if t.is_floating_point())
+
+
+def test_corrupt_checkpoint_is_one_line_exit_2(tmp_path):
+    (tmp_path / "checkpoint.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{trunc")
+    result = run_cli("fastgen.train", "--resume", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "corrupt" in result.stderr
+
+
+def test_resume_of_a_folder_without_checkpoint(tmp_path):
+    result = run_cli("fastgen.train", "--resume", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2 and "no checkpoint.safetensors" in result.stderr
+
+
+def test_resume_with_another_model_names_the_mismatch(mnist, tmp_path):
+    fastgen.train(_config(mnist, tmp_path / "run", max_steps=2))
+    with pytest.raises(FastgenError, match="holds a gan run, not a vae run"):
+        fastgen.train(fastgen.TrainConfig(model="vae", resume=str(tmp_path / "run")))
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "state.json"
+    atomic_write_text(path, "old")
+
+    def broken(tmp):
+        with open(tmp, "w") as handle:
+            handle.write("half")
+        raise OSError("disk full")
+
+    from fastgen.checkpoint import atomic_write
+
+    with pytest.raises(OSError):
+        atomic_write(path, broken)
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
