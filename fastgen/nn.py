@@ -6,7 +6,7 @@ from torch import nn
 
 from .ops import linear_leaky_relu_dropout, reparameterize, triton_runs_on
 from .ops.reference import linear_leaky_relu_dropout_reference, reparameterize_reference
-from .ops.rng import check_p, keep_mask, normal, philox_key
+from .ops.rng import check_p, keep_mask, normal, philox_key, random_seed
 from .ops.validation import check_slope
 
 KERNELS = ("auto", "triton", "eager")
@@ -20,7 +20,7 @@ def use_fused_ops(kernels: str, device: torch.device) -> bool:
 
 def new_philox_key() -> torch.Tensor:
     """A fresh (seed, step=0) key drawn from torch's default generator, so torch.manual_seed fixes it."""
-    return torch.stack([torch.randint(0, 2**62, (), dtype=torch.int64), torch.tensor(0)])
+    return torch.tensor([random_seed(), 0], dtype=torch.int64)
 
 
 def next_key(key_buffer: torch.Tensor) -> torch.Tensor:

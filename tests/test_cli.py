@@ -133,3 +133,10 @@ def test_corrupt_weights_file_is_one_line(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
     result = run_cli("fastgen.sample", str(tmp_path), "--out", str(tmp_path / "g.png"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "corrupt" in result.stderr
+
+
+def test_unwritable_out_is_one_line(mnist, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    result = train_cli("--model", "gan", "--max-steps", "1", "--data-dir", str(mnist),
+                       "--out", str(tmp_path / "a-file" / "run"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "cannot write to --out" in result.stderr

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .backend import define_op, launcher, triton_runs_on
-from .rng import check_p, dropout_scale, eager_keep_mask, philox_key
+from .rng import check_p, dropout_scale, eager_keep_mask, philox_key, random_seed
 from .validation import check_same, check_slope, check_tensor
 
 
@@ -84,11 +84,6 @@ def _backward(ctx, grad_y):
 _forward.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _new_seed() -> int:
-    # Drawn from torch's default CPU generator, so torch.manual_seed makes it reproducible.
-    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
-
-
 def linear_leaky_relu_dropout(x, weight, bias=None, *, negative_slope: float = 0.2, p: float = 0.0,
                               seed=None, training: bool = True) -> torch.Tensor:
     """y = dropout(leaky_relu(x @ weight.T + bias), p), fused into one kernel on CUDA.
@@ -116,7 +111,7 @@ def linear_leaky_relu_dropout(x, weight, bias=None, *, negative_slope: float = 0
         tensors = [("x", x), ("weight", weight)] + ([("bias", bias)] if bias is not None else [])
     check_same(tensors)
     if p > 0.0:
-        key = philox_key(_new_seed() if seed is None else seed, x.device)
+        key = philox_key(random_seed() if seed is None else seed, x.device)
     else:
         key = torch.zeros(2, dtype=torch.int64, device=x.device)
     y = _forward(x.reshape(-1, x.shape[-1]), weight, bias, key, negative_slope, p)

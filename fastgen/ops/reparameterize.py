@@ -6,8 +6,7 @@ from typing import Optional
 import torch
 
 from .backend import define_op, launcher, triton_runs_on
-from .linear_leaky_relu_dropout import _new_seed
-from .rng import eager_normal, philox_key
+from .rng import eager_normal, philox_key, random_seed
 from .validation import check_same, check_shape, check_tensor
 
 _BLOCK = 1024
@@ -85,5 +84,5 @@ def reparameterize(mu, logvar, *, eps=None, seed=None) -> torch.Tensor:
         key = torch.zeros(2, dtype=torch.int64, device=mu.device)
         eps = eps.contiguous()
     else:
-        key = philox_key(_new_seed() if seed is None else seed, mu.device)
+        key = philox_key(random_seed() if seed is None else seed, mu.device)
     return _forward(mu.contiguous(), logvar.contiguous(), eps, key)

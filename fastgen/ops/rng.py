@@ -43,6 +43,11 @@ def philox_key(seed, device: torch.device | str) -> torch.Tensor:
     return seed.reshape(2)
 
 
+def random_seed() -> int:
+    """A seed drawn from torch's default CPU generator, so torch.manual_seed makes it reproducible."""
+    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
+
+
 def _splitmix64(x: int) -> int:
     x = (x + 0x9E3779B97F4A7C15) & _MASK64
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
