@@ -98,8 +98,9 @@ def load_split(dataset: str, split: str, data_dir=None, download: bool = True) -
         try:
             _download(dataset, target)
         except Exception as exc:  # any network or disk failure ends in the one message below
+            reason = " ".join(str(exc).split())[:200]  # torchvision's message spans lines
             raise DataError(
-                f"{dataset} {split} split not found in {tried}, and downloading it failed ({type(exc).__name__}: {exc}); "
+                f"{dataset} {split} split not found in {tried}, and downloading it failed ({type(exc).__name__}: {reason}); "
                 f"put the IDX files in one of those folders or pass --data-dir") from None
         found = _read_split(target, dataset, split)
         if found is not None:

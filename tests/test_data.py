@@ -104,11 +104,12 @@ def test_failed_download_is_one_clear_error(tmp_path, monkeypatch):
     import fastgen.data
 
     def no_network(dataset, root):
-        raise OSError("network unreachable")
+        raise RuntimeError("Error downloading:\nTried https://example/, got:\n<urlopen error> network unreachable\n")
 
     monkeypatch.setattr(fastgen.data, "_download", no_network)
-    with pytest.raises(DataError, match="downloading it failed.*network unreachable"):
+    with pytest.raises(DataError, match="downloading it failed.*network unreachable") as info:
         load_split("mnist", "train", tmp_path, download=True)
+    assert "\n" not in str(info.value)
 
 
 def test_device_split_scales_on_the_device_and_batches_without_repeats(tmp_path):
