@@ -10,6 +10,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from . import __version__
 from .checkpoint import FORMAT_VERSION, atomic_write
 from .errors import FastgenError
 
@@ -48,7 +49,7 @@ def save(path: Path, trainer, position: Position, sums: torch.Tensor, data_gen_s
         tensors["rng.torch_cuda"] = torch.cuda.get_rng_state()
     tensors["rng.data_epoch_start"] = data_gen_state.cpu()
     tensors["progress.epoch_sums"] = sums.detach().cpu()
-    metadata = {"fastgen_format": FORMAT_VERSION, "model": model, "dataset": config["dataset"],
+    metadata = {"fastgen_format": FORMAT_VERSION, "fastgen_version": __version__, "model": model, "dataset": config["dataset"],
                 "config": json.dumps(config), "metrics": json.dumps(metrics),
                 "position": json.dumps(position.__dict__)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
@@ -73,6 +74,11 @@ def load(run_dir) -> Checkpoint:
         if metadata.get("fastgen_format") != FORMAT_VERSION:
             raise FastgenError(f"{path} has checkpoint format {metadata.get('fastgen_format')!r}; "
                                f"this fastgen reads format {FORMAT_VERSION}")
+        saved_version = metadata.get("fastgen_version", "?")
+        if saved_version.split(".")[:2] != __version__.split(".")[:2]:
+            # Optimizer and RNG semantics may change between minor versions: an exact resume is not promised.
+            raise FastgenError(f"{path} was written by fastgen {saved_version}; this is fastgen {__version__}, "
+                               "which resumes only runs of the same minor version")
         return Checkpoint(tensors, json.loads(metadata["config"]), json.loads(metadata["metrics"]),
                           Position(**json.loads(metadata["position"])))
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:

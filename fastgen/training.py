@@ -104,6 +104,15 @@ def _resumed_config(config: TrainConfig) -> tuple[TrainConfig, run_state.Checkpo
 
 def train(config: TrainConfig) -> dict:
     """Train one model as `config` says, write its run folder, and return the summary dict."""
+    try:
+        return _train(config)
+    except torch.OutOfMemoryError:
+        batch = config.batch_size or "the default"
+        raise FastgenError(f"out of GPU memory at batch size {batch}; try a smaller --batch-size, --amp, "
+                           "or --no-cuda-graphs") from None
+
+
+def _train(config: TrainConfig) -> dict:
     checkpoint = None
     if config.resume is not None:
         config, checkpoint = _resumed_config(config)

@@ -115,3 +115,53 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     with pytest.raises(OSError):
         atomic_write(path, broken)
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
+def test_checkpoint_of_another_fastgen_minor_version_is_refused(mnist, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    fastgen.train(_config(mnist, tmp_path / "run", max_steps=2))
+    path = tmp_path / "run" / "checkpoint.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = {**handle.metadata(), "fastgen_version": "0.0.9"}
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(FastgenError, match="written by fastgen 0.0.9"):
+        fastgen.train(fastgen.TrainConfig(resume=str(tmp_path / "run")))
+
+
+def test_out_of_memory_becomes_a_suggestion(mnist, tmp_path, monkeypatch):
+    def oom(self, x):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(GANTrainer, "step", oom)
+    with pytest.raises(FastgenError, match="out of GPU memory at batch size 64; try a smaller --batch-size"):
+        fastgen.train(_config(mnist, tmp_path / "run", batch_size=64))
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_memory_is_flat_across_many_short_epochs(tmp_path, monkeypatch):
+    """60 epochs of 2 steps on a tiny split: resident memory after epoch 60 within 25 MiB of epoch 10."""
+    from fastgen.outputs import RunWriter
+    from tests.test_data import write_split
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    write_split(tmp_path / "data", n=64)
+    rss = []
+    original = RunWriter.append_metrics
+
+    def record(self, row):
+        rss.append(_rss_mib())
+        original(self, row)
+
+    monkeypatch.setattr(RunWriter, "append_metrics", record)
+    fastgen.train(fastgen.TrainConfig(model="gan", epochs=60, batch_size=32, data_dir=str(tmp_path / "data"),
+                                      download=False, out=str(tmp_path / "run"), device="cpu", quiet=True,
+                                      compile=False, sample_every=1000))
+    assert len(rss) == 60
+    assert rss[-1] - rss[9] < 25, f"RSS grew from {rss[9]:.1f} to {rss[-1]:.1f} MiB"
