@@ -13,14 +13,14 @@ from contextlib import contextmanager
 import torch
 from tqdm import tqdm
 
+from . import run_state
+from .compiled_step import build_step, describe
 from .config import TrainConfig
 from .data import DeviceSplit
 from .environment import cpu_has_fast_bf16, device_name, resolve_device, versions
 from .errors import FastgenError
 from .ops import triton_runs_on
 from .outputs import RunWriter, default_out, prepare_out
-from . import run_state
-from .compiled_step import build_step, describe
 from .steps import GANTrainer, VAETrainer
 
 _POSTFIX_EVERY = 50  # steps between progress-bar loss readouts (each one is a host sync)
