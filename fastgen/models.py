@@ -6,7 +6,7 @@ from torch import nn
 
 from .nn import LinearLeakyReLUDropout, Reparameterize, use_fused_ops
 from .ops import bce_kl_loss
-from .ops.reference import bce_kl_loss_reference
+from .ops.reference import bce_kl_loss_reference, kl_to_standard_normal
 
 IMAGE_SHAPE = (1, 28, 28)
 IMAGE_PIXELS = 784
@@ -93,7 +93,7 @@ class VAE(nn.Module):
         """(loss, bce, kl) per image (summed over pixels / latents), reduced as asked; x in [0, 1]."""
         logits, mu, logvar = self(x, seed)
         target = x.reshape(x.shape[0], IMAGE_PIXELS)
-        kl = -0.5 * (1.0 + logvar.float() - mu.float().pow(2) - logvar.float().exp()).sum(1)
+        kl = kl_to_standard_normal(mu, logvar)
         loss_fn = bce_kl_loss if use_fused_ops(self.reparameterize.kernels, x.device) else bce_kl_loss_reference
         loss = loss_fn(logits, target, mu, logvar, reduction="none")
         reduce = {"mean": torch.mean, "sum": torch.sum, "none": lambda t: t}[reduction]
