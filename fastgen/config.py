@@ -40,6 +40,7 @@ class TrainConfig:
     cuda_graphs: Optional[bool] = None  # None: on for CUDA
     kernels: str = "auto"
     max_steps: Optional[int] = None
+    train_images: Optional[int] = None  # None: the whole training split; N: its first N images (quick runs)
     sample_every: int = 10
     quiet: bool = False
     checkpoint_every: Optional[int] = None  # steps between mid-epoch checkpoints (one is always written per epoch)
@@ -75,6 +76,8 @@ class TrainConfig:
         _check_int("--seed", config.seed, minimum=0)
         if config.max_steps is not None:
             _check_int("--max-steps", config.max_steps, minimum=1)
+        if config.train_images is not None:
+            _check_int("--train-images", config.train_images, minimum=config.batch_size)
         if config.checkpoint_every is not None:
             _check_int("--checkpoint-every", config.checkpoint_every, minimum=1)
         if not (isinstance(config.lr, (int, float)) and 0 < config.lr < 1):

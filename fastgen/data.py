@@ -122,6 +122,10 @@ class DeviceSplit:
         images, labels = load_split(dataset, split, data_dir, download)
         return cls(images.to(device), labels.to(device), low)
 
+    def head(self, n: int | None) -> "DeviceSplit":
+        """The first n images (all of them for None)."""
+        return self if n is None else DeviceSplit(self.images[:n], self.labels[:n], self.low)
+
     def __len__(self) -> int:
         return self.images.shape[0]
 

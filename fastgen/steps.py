@@ -6,6 +6,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from . import vae_likelihood
 from .models import VAE, Discriminator, Generator
 from .optim import DeviceLossScaler, StepAdam
 
@@ -93,17 +94,9 @@ class VAETrainer:
         return torch.stack([loss.detach(), bce, kl])
 
     @torch.no_grad()
-    def test_loss(self, split, seed: int, batch_size: int = 1000) -> float:
+    def test_loss(self, split, seed: int) -> float:
         """Mean per-image loss over a split, eps drawn from a fixed key so epochs compare like for like."""
-        self.vae.eval()
-        total = torch.zeros((), device=self.device)
-        key = torch.tensor([seed, 0], dtype=torch.int64, device=self.device)
-        for start in range(0, len(split), batch_size):
-            x = split.scale(split.images[start:start + batch_size])
-            with self.autocast():
-                total += self.vae.loss(x, seed=key + torch.tensor([0, start], device=self.device), reduction="sum")[0]
-        self.vae.train()
-        return total.item() / len(split)
+        return vae_likelihood.loss_per_image(self.vae, split.images, seed, autocast=self.autocast)
 
     def train(self, mode: bool = True) -> None:
         self.vae.train(mode)

@@ -33,6 +33,8 @@ def build_parser() -> Parser:
     parser.add_argument("--kernels", choices=KERNELS, default="auto",
                         help="fused ops (auto: Triton on CUDA, eager fallback on CPU) or plain PyTorch (eager)")
     parser.add_argument("--max-steps", type=positive_int, help="stop after N optimizer steps")
+    parser.add_argument("--train-images", type=positive_int,
+                        help="train on the first N images of the training split only (quick experiments)")
     parser.add_argument("--sample-every", type=positive_int, default=10, help="epochs between sample grids")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
     parser.add_argument("--checkpoint-every", type=positive_int, help="also checkpoint every N steps within an epoch")

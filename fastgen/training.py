@@ -130,6 +130,7 @@ def _train(config: TrainConfig) -> dict:
         torch.set_flush_denormal(True)
     low = -1.0 if config.model == "gan" else 0.0
     train_split = DeviceSplit.load(config.dataset, "train", device, low, config.data_dir, config.download)
+    train_split = train_split.head(config.train_images)
     if config.batch_size > len(train_split):
         raise FastgenError(f"--batch-size {config.batch_size} is larger than the training split ({len(train_split)} images)")
     test_split = (DeviceSplit.load(config.dataset, "test", device, low, config.data_dir, config.download)

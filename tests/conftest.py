@@ -38,6 +38,26 @@ def mnist() -> Path:
     return found
 
 
+@pytest.fixture(scope="session")
+def evaluator_cache(tmp_path_factory) -> Path:
+    """An XDG cache folder holding the real MNIST evaluator, trained once per test session (about a minute)."""
+    found = mnist_dir()
+    if found is None:
+        pytest.skip("real MNIST not found: set FASTGEN_TEST_DATA to a folder holding MNIST/raw/")
+    from fastgen.evaluator import load_evaluator
+
+    root = tmp_path_factory.mktemp("xdg-cache")
+    load_evaluator("mnist", data_dir=found, download=False, folder=root / "fastgen" / "evaluators")
+    return root
+
+
+@pytest.fixture(scope="session")
+def evaluator(evaluator_cache):
+    from fastgen.evaluator import load_evaluator
+
+    return load_evaluator("mnist", data_dir=mnist_dir(), download=False, folder=evaluator_cache / "fastgen" / "evaluators")
+
+
 @pytest.fixture(autouse=True)
 def _eager_cpu_by_default():
     """Tests run the CPU fallback unless they ask for the interpreted kernels through `backend`."""

@@ -11,9 +11,9 @@ from PIL import Image
 import fastgen
 
 
-def run_cli(module, *args, cwd=None):
+def run_cli(module, *args, cwd=None, cache=None):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the CLI as users run it
-    env["XDG_CACHE_HOME"] = str(cwd or ".") + "/cache"  # never find or write a real user cache
+    env["XDG_CACHE_HOME"] = str(cache or f"{cwd or '.'}/cache")  # never find or write a real user cache
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
                           cwd=cwd, timeout=600)
 

@@ -1,0 +1,139 @@
+"""The evaluator, its cache, the scores' sanity on real data, the VAE likelihood, and the two CLIs."""
+import json
+import math
+
+import pytest
+import torch
+
+from fastgen import VAE, Generator
+from fastgen.data import load_split
+from fastgen.evaluation import evaluate, reference_scores
+from fastgen.evaluator import Recipe, _accuracy, evaluator_path, load_evaluator
+from fastgen.vae_likelihood import iwae_nll, loss_per_image
+from tests.test_cli import run_cli, train_cli
+
+
+def test_evaluator_reaches_99_percent_on_the_mnist_test_split(evaluator, mnist):
+    assert evaluator.accuracy >= 0.99
+    images, labels = load_split("mnist", "test", mnist, download=False)
+    assert _accuracy(evaluator.network.cpu(), images, labels) == evaluator.accuracy  # the recorded one is real
+
+
+def test_evaluator_cache_is_reused_and_a_corrupt_file_retrains(tmp_path, mnist):
+    recipe = Recipe(epochs=1, train_images=512)
+    first = load_evaluator("mnist", recipe, data_dir=mnist, download=False, folder=tmp_path, progress=False)
+    path = evaluator_path("mnist", recipe, tmp_path)
+    assert first.path == path and path.with_suffix(".json").exists()
+    stamp = path.stat().st_mtime_ns
+    again = load_evaluator("mnist", recipe, data_dir=mnist, download=False, folder=tmp_path, progress=False)
+    assert path.stat().st_mtime_ns == stamp and again.sha256 == first.sha256
+
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one flipped byte in the weights: the checksum catches it
+    path.write_bytes(bytes(raw))
+    retrained = load_evaluator("mnist", recipe, data_dir=mnist, download=False, folder=tmp_path, progress=False)
+    # Training is deterministic, so the retrained network is the very same file.
+    assert retrained.sha256 == first.sha256 and path.read_bytes() != bytes(raw)
+
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    assert load_evaluator("mnist", recipe, data_dir=mnist, download=False, folder=tmp_path,
+                          progress=False).sha256 == first.sha256
+    # Another recipe is another cache entry.
+    assert evaluator_path("mnist", Recipe(epochs=2, train_images=512), tmp_path) != path
+
+
+def test_training_split_scores_near_best_and_noise_far_worse(evaluator, mnist):
+    ref = reference_scores(evaluator, n=3000, data_dir=mnist, download=False)
+    real, noise = ref["train_split"], ref["uniform_noise"]
+    assert real["frechet_distance"] < 5 and noise["frechet_distance"] > 100 * real["frechet_distance"]
+    assert real["inception_style_score"] > 9.3 and noise["inception_style_score"] < 2
+    assert real["class_kl_to_uniform"] < 0.01 and noise["class_kl_to_uniform"] > 1
+    assert real["precision"] > 0.75 and real["recall"] > 0.75
+    assert noise["recall"] < 0.01 and noise["precision"] < real["precision"]
+    assert sum(real["class_histogram"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_iwae_bound_tightens_with_k_and_k1_matches_the_test_loss(mnist):
+    torch.manual_seed(0)
+    vae = VAE().eval()
+    images, _ = load_split("mnist", "test", mnist, download=False)
+    images = images[:300]
+    elbo = loss_per_image(vae, images, seed=0)
+    k1 = iwae_nll(vae, images, k=1, seed=0)
+    k64 = iwae_nll(vae, images, k=64, seed=0)
+    assert k1 == pytest.approx(elbo, rel=0.01)  # one importance sample is the ELBO (other noise draws)
+    assert k64 < k1
+    with pytest.raises(ValueError, match="k must be"):
+        iwae_nll(vae, images, k=0)
+
+
+def test_evaluate_api_on_a_generator_module(evaluator, mnist):
+    torch.manual_seed(0)
+    result = evaluate(Generator(), n=200, device="cpu", data_dir=mnist, download=False, evaluator=evaluator,
+                      reference=False)
+    assert result["model"] == "gan" and result["n"] == 200 and "test_loss" not in result
+    assert all(math.isfinite(result[k]) for k in ("frechet_distance", "inception_style_score", "precision", "recall"))
+    # An untrained generator is far from the digits.
+    assert result["frechet_distance"] > 100
+
+
+def test_evaluate_cli_writes_eval_json_for_a_vae_run(tmp_path, mnist, evaluator_cache):
+    out = tmp_path / "run"
+    assert train_cli("--model", "vae", "--max-steps", "30", "--data-dir", str(mnist), "--out", str(out),
+                     "--quiet").returncode == 0
+    result = run_cli("fastgen.evaluate", str(out), "--n", "300", "--iwae-k", "5", "--device", "cpu",
+                     "--data-dir", str(mnist), "--no-download", cwd=tmp_path, cache=evaluator_cache)
+    assert result.returncode == 0, result.stderr
+    assert "training the mnist evaluator" not in result.stderr  # the cached one was used
+    scores = json.loads((out / "eval.json").read_text())
+    assert scores["model"] == "vae" and scores["iwae_k"] == 5 and scores["iwae_nll"] <= scores["test_loss"] + 5
+    assert set(scores["reference"]) == {"train_split", "uniform_noise"}
+    assert "frechet distance" in result.stdout and "IWAE NLL, k=5" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["no-such-run"], "no fastgen weights at no-such-run"),
+    (["RUN", "--iwae-k", "5001"], "--iwae-k must be in [1, 5000]"),
+    (["RUN", "--n", "3"], "--n must be larger than 3"),
+    (["RUN", "--n", "0"], "argument --n: must be >= 1"),
+])
+def test_evaluate_cli_refuses_bad_input_in_one_line(tmp_path, mnist, evaluator_cache, args, message):
+    run_dir = tmp_path / "run"
+    if "RUN" in args:
+        assert train_cli("--model", "gan", "--max-steps", "2", "--data-dir", str(mnist), "--out", str(run_dir),
+                         "--quiet").returncode == 0
+    args = [str(run_dir) if a == "RUN" else a for a in args]
+    result = run_cli("fastgen.evaluate", *args, "--device", "cpu", "--data-dir", str(mnist), "--no-download",
+                     cwd=tmp_path, cache=evaluator_cache)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_compare_quick_end_to_end_then_reuses_its_runs(tmp_path, mnist, evaluator_cache):
+    out = tmp_path / "cmp"
+    args = ["--quick", "--out", str(out), "--device", "cpu", "--data-dir", str(mnist), "--no-download"]
+    result = run_cli("fastgen.compare", *args, cwd=tmp_path, cache=evaluator_cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["epochs"] == [10, 50] and results["config"]["quick"] is True
+    for model in ("gan", "vae"):
+        scores = results["models"][model]["scores"]
+        assert set(scores) == {"10", "50"}
+        assert all(math.isfinite(scores[e][k]) for e in scores for k in ("frechet_distance", "recall"))
+        assert len(results["models"][model]["metrics"]) == 50
+        assert f"| {model.upper()} epoch 50 |" in report
+    assert results["models"]["vae"]["scores"]["50"]["test_loss"] < results["models"]["vae"]["scores"]["10"]["test_loss"]
+    for name in ("figures/metrics.png", "figures/losses.png", "figures/samples_epoch_0010.png",
+                 "figures/samples_epoch_0050.png"):
+        assert f"]({name})" in report and (out / name).stat().st_size > 1000
+    assert "## Conclusion" in report and "do not quote" in report
+
+    checkpoint = out / "runs" / "gan" / "checkpoint.safetensors"
+    stamp = checkpoint.stat().st_mtime_ns
+    again = run_cli("fastgen.compare", *args, cwd=tmp_path, cache=evaluator_cache)
+    assert again.returncode == 0 and "training the" not in again.stderr
+    assert checkpoint.stat().st_mtime_ns == stamp
+
+    other = run_cli("fastgen.compare", *args, "--train-images", "2048", cwd=tmp_path, cache=evaluator_cache)
+    assert other.returncode == 2 and "train_images 1024 (wanted 2048)" in other.stderr
