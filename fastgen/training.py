@@ -192,10 +192,11 @@ def _train(config: TrainConfig) -> dict:
             n_steps = min(steps_per_epoch, total_steps - (epoch - 1) * steps_per_epoch)
             first = 0
             sums = torch.zeros(len(trainer.metric_names), device=device)
-            if checkpoint is not None and epoch == position.epoch and position.step_in_epoch:
+            if checkpoint is not None and epoch == position.epoch:
+                run_state.restore_rng(checkpoint)  # the noise stream as it was after the last saved step
                 first = position.step_in_epoch
-                sums = checkpoint.tensors["progress.epoch_sums"].to(device)
-                run_state.restore_rng(checkpoint)  # the noise stream as it was after step `first`
+                if first:
+                    sums = checkpoint.tensors["progress.epoch_sums"].to(device)
             bar = tqdm(total=n_steps, initial=first, desc=f"epoch {epoch}/{last_epoch}", unit="step",
                        disable=not show_bar, leave=False)
             for i in range(first, n_steps):
