@@ -61,9 +61,14 @@ class DeviceLossScaler:
         self.growth_tracker = torch.zeros((), dtype=torch.int32, device=device)
         self.growth_interval = growth_interval
 
-    def grads(self, loss: torch.Tensor, params) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Unscaled gradients of `loss` and a `found_inf` flag; updates the scale for the next step."""
+    def grads(self, loss: torch.Tensor, params, reduce_grads=None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Unscaled gradients of `loss` and a `found_inf` flag; updates the scale for the next step.
+
+        Under torchrun the scaled gradients are averaged first, so every rank sees the same inf/NaN
+        and keeps the same scale."""
         grads = list(torch.autograd.grad(loss * self.scale, params))
+        if reduce_grads is not None:
+            grads = list(reduce_grads(grads))
         found_inf = torch.zeros((), dtype=torch.float32, device=self.scale.device)
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, self.scale.reciprocal())
         torch._amp_update_scale_(self.scale, self.growth_tracker, found_inf, 2.0, 0.5, self.growth_interval)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def prepare_out(out: Path, overwrite: bool) -> Path:
         raise FastgenError(f"--out {out} already holds a run; choose another folder or pass --overwrite")
     try:
         (out / "samples").mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"  # per process: torchrun ranks probe at once
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
@@ -35,32 +36,41 @@ def prepare_out(out: Path, overwrite: bool) -> Path:
 
 
 class RunWriter:
-    def __init__(self, out: Path):
+    """Writes a run's files; `enabled=False` (torchrun ranks other than 0) keeps the metrics and writes nothing."""
+
+    def __init__(self, out: Path, enabled: bool = True):
         self.out = Path(out)
+        self.enabled = enabled
         self.metrics: list[dict] = []
 
     def write_json(self, name: str, data: dict) -> Path:
         path = self.out / name
-        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        if self.enabled:
+            atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
         return path
 
     def append_metrics(self, row: dict) -> None:
         self.metrics.append(row)
-        with open(self.out / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        if self.enabled:
+            with open(self.out / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(row) + "\n")
 
     def save_grid(self, images: torch.Tensor, name: str) -> Path:
         """images in [0, 1], (64, 1, 28, 28) -> an 8x8 PNG under samples/."""
         from torchvision.utils import save_image
 
         path = self.out / "samples" / name
-        save_image(images.float().clamp(0, 1).cpu(), str(path), nrow=8, padding=2)
+        if self.enabled:
+            save_image(images.float().clamp(0, 1).cpu(), str(path), nrow=8, padding=2)
         return path
 
     def save_weights(self, modules: dict, model: str, config: dict) -> None:
-        save_weights(self.out / WEIGHTS_FILE, modules, model, config)
+        if self.enabled:
+            save_weights(self.out / WEIGHTS_FILE, modules, model, config)
 
-    def plot_losses(self, names) -> Path:
+    def plot_losses(self, names) -> Path | None:
+        if not self.enabled:
+            return None
         import matplotlib
 
         matplotlib.use("Agg")

@@ -11,12 +11,15 @@ from .models import VAE, Discriminator, Generator
 from .optim import DeviceLossScaler, StepAdam
 
 
-def apply_update(loss: torch.Tensor, params, optimizer: StepAdam, scaler: DeviceLossScaler | None) -> None:
-    """Gradients of `loss` for `params` only (autograd skips everything else), then one Adam update."""
+def apply_update(loss: torch.Tensor, params, optimizer: StepAdam, scaler: DeviceLossScaler | None,
+                 reduce_grads=None) -> None:
+    """Gradients of `loss` for `params` only (autograd skips everything else), averaged across ranks by
+    `reduce_grads` under torchrun, then one Adam update."""
     if scaler is None:
-        optimizer.step(torch.autograd.grad(loss, params))
+        grads = torch.autograd.grad(loss, params)
+        optimizer.step(grads if reduce_grads is None else reduce_grads(grads))
     else:
-        optimizer.step(*scaler.grads(loss, params))
+        optimizer.step(*scaler.grads(loss, params, reduce_grads))
 
 
 def _scaler(device, amp_dtype):
@@ -42,6 +45,7 @@ class GANTrainer:
         self.scalers = {"generator": self.scaler_g, "discriminator": self.scaler_d}
         self.autocast = autocast_factory(device, amp_dtype)
         self.device = device
+        self.reduce_grads = None  # set under torchrun: the mean of the gradients over ranks
 
     def step(self, real: torch.Tensor) -> torch.Tensor:
         """real: (B, 784) in [-1, 1]. Returns (d_loss, g_loss, mean D(x), mean D(G(z))) on the device."""
@@ -53,12 +57,12 @@ class GANTrainer:
             real_logits, fake_logits = logits[:B], logits[B:]
             # BCE-with-logits against 1 / 0 is softplus(-l) / softplus(l).
             d_loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-        apply_update(d_loss, self.d_params, self.opt_d, self.scaler_d)
+        apply_update(d_loss, self.d_params, self.opt_d, self.scaler_d, self.reduce_grads)
 
         with self.autocast():
             g_loss = F.softplus(-self.discriminator(fake).float()).mean()
         # Gradients for G only: D's weight gradients are never computed.
-        apply_update(g_loss, self.g_params, self.opt_g, self.scaler_g)
+        apply_update(g_loss, self.g_params, self.opt_g, self.scaler_g, self.reduce_grads)
         return torch.stack([d_loss.detach(), g_loss.detach(),
                             torch.sigmoid(real_logits.detach()).mean(), torch.sigmoid(fake_logits.detach()).mean()])
 
@@ -85,12 +89,13 @@ class VAETrainer:
         self.scalers = {"vae": self.scaler}
         self.autocast = autocast_factory(device, amp_dtype)
         self.device = device
+        self.reduce_grads = None  # set under torchrun: the mean of the gradients over ranks
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 784) in [0, 1]. Returns (loss, bce, kl) per image on the device."""
         with self.autocast():
             loss, bce, kl = self.vae.loss(x)
-        apply_update(loss, self.params, self.opt, self.scaler)
+        apply_update(loss, self.params, self.opt, self.scaler, self.reduce_grads)
         return torch.stack([loss.detach(), bce, kl])
 
     @torch.no_grad()

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 from tqdm import tqdm
 
-from . import run_state
+from . import distributed, run_state
 from .compiled_step import build_step, describe
 from .config import TrainConfig
 from .data import DeviceSplit
@@ -45,21 +45,21 @@ def default_compile(model: str, device: torch.device) -> bool:
     return device.type == "cuda" or COMPILE_ON_CPU[model]
 
 
-def resolve_amp(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+def resolve_amp(config: TrainConfig, device: torch.device, notice=_notice) -> torch.dtype | None:
     """The autocast dtype to train with, or None for float32 (saying why, once, when --amp was asked for)."""
     if not config.amp:
         return None
     dtype = torch.float16 if config.amp_dtype == "fp16" else torch.bfloat16
     if device.type == "cuda":
         if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-            _notice("--amp: this GPU has no bf16; training runs in float32 (try --amp-dtype fp16)")
+            notice("--amp: this GPU has no bf16; training runs in float32 (try --amp-dtype fp16)")
             return None
         return dtype
     if dtype == torch.float16:
-        _notice("--amp-dtype fp16 is for CUDA devices; training runs in float32 on the CPU")
+        notice("--amp-dtype fp16 is for CUDA devices; training runs in float32 on the CPU")
         return None
     if not cpu_has_fast_bf16():
-        _notice("--amp: this CPU has no fast bf16 (no AVX512-BF16 or AMX), so training runs in float32")
+        notice("--amp: this CPU has no fast bf16 (no AVX512-BF16 or AMX), so training runs in float32")
         return None
     return dtype
 
@@ -103,13 +103,20 @@ def _resumed_config(config: TrainConfig) -> tuple[TrainConfig, run_state.Checkpo
 
 
 def train(config: TrainConfig) -> dict:
-    """Train one model as `config` says, write its run folder, and return the summary dict."""
+    """Train one model as `config` says, write its run folder, and return the summary dict.
+
+    Under torchrun every process calls this; they train data-parallel and rank 0 writes the files.
+    """
+    owns_group = distributed.launched_by_torchrun() and not torch.distributed.is_initialized()
     try:
         return _train(config)
     except torch.OutOfMemoryError:
         batch = config.batch_size or "the default"
         raise FastgenError(f"out of GPU memory at batch size {batch}; try a smaller --batch-size, --amp, "
                            "or --no-cuda-graphs") from None
+    finally:
+        if owns_group:
+            distributed.shutdown()
 
 
 def _train(config: TrainConfig) -> dict:
@@ -117,11 +124,18 @@ def _train(config: TrainConfig) -> dict:
     if config.resume is not None:
         config, checkpoint = _resumed_config(config)
     config = config.resolved()
-    device = resolve_device(config.device)
+    group, device_choice = distributed.init(config.device)
+    device = resolve_device(device_choice)
+    is_main = group is None or group.is_main
+    notice = _notice if is_main else (lambda message: None)
+    world = group.world_size if group is not None else 1
+    if config.batch_size % world:
+        raise FastgenError(f"--batch-size {config.batch_size} (the global batch) must be divisible by the "
+                           f"{world} torchrun processes")
     if config.kernels == "triton" and not triton_runs_on(device):
         raise FastgenError("--kernels triton needs a CUDA device with Triton (or TRITON_INTERPRET=1 on the CPU); "
                            "use --kernels auto or eager")
-    amp_dtype = resolve_amp(config, device)
+    amp_dtype = resolve_amp(config, device, notice)
 
     torch.manual_seed(config.seed)
     if device.type == "cpu":
@@ -136,10 +150,14 @@ def _train(config: TrainConfig) -> dict:
     test_split = (DeviceSplit.load(config.dataset, "test", device, low, config.data_dir, config.download)
                   if config.model == "vae" else None)
     out = prepare_out(config.out or default_out(config.model), config.overwrite)
+    if group is not None:
+        group.barrier()  # every rank has checked --out before rank 0 writes into it
     config.out = str(out)
-    writer = RunWriter(out)
+    writer = RunWriter(out, enabled=is_main)
 
     trainer = (GANTrainer if config.model == "gan" else VAETrainer)(config, device, amp_dtype)
+    if group is not None:
+        trainer.reduce_grads = group.average_grads
     data_gen = torch.Generator(device=device).manual_seed(config.seed)
     position = run_state.Position(epoch=1, step_in_epoch=0, step=0)
     if checkpoint is not None:
@@ -152,14 +170,23 @@ def _train(config: TrainConfig) -> dict:
     use_compile = config.compile if config.compile is not None else default_compile(config.model, device)
     use_graphs = config.cuda_graphs if config.cuda_graphs is not None else device.type == "cuda"
     if use_graphs and device.type != "cuda":
-        _notice("--cuda-graphs needs a CUDA device; ignored")
+        notice("--cuda-graphs needs a CUDA device; ignored")
         use_graphs = False
-    step_fn = build_step(trainer.step, device, use_compile, use_graphs, _notice)
+    if group is not None and (use_compile or use_graphs):
+        if config.compile or config.cuda_graphs:
+            notice("under torchrun the step runs eagerly (the gradient all-reduce sits inside it); "
+                   "--compile and --cuda-graphs are single-process features for now")
+        use_compile = use_graphs = False
+    step_fn = build_step(trainer.step, device, use_compile, use_graphs, notice)
+    if checkpoint is not None:
+        run_state.restore_rng(checkpoint)  # the noise stream as it was after the last saved step
+    if group is not None:
+        distributed.own_random_streams(trainer, config.seed, group.rank, position.step)
     run_info = {"config": config.to_dict(), "device": str(device), "device_name": device_name(device),
                 "amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None, "versions": versions(),
                 "compile": use_compile, "cuda_graphs": use_graphs,
                 "triton_kernels": config.kernels != "eager" and triton_runs_on(device),
-                "torch_threads": torch.get_num_threads()}
+                "torch_threads": torch.get_num_threads(), "world_size": world}
     writer.write_json("config.json", run_info)
 
     sample_gen = torch.Generator(device="cpu").manual_seed(config.seed + 1)
@@ -174,9 +201,11 @@ def _train(config: TrainConfig) -> dict:
     # Throughput excludes warm-up: the first epoch when there are several, else the first tenth of the steps.
     remaining = total_steps - position.step
     warmup_steps = position.step + (steps_per_epoch if remaining > steps_per_epoch else max(1, remaining // 10))
-    show_bar = not config.quiet and sys.stderr.isatty()
+    show_bar = is_main and not config.quiet and sys.stderr.isatty()
 
     def save_checkpoint(pos: run_state.Position, sums: torch.Tensor, epoch_gen_state: torch.Tensor) -> None:
+        if not is_main:
+            return
         run_state.save(out / run_state.CHECKPOINT_FILE, trainer, pos, sums, epoch_gen_state, config.to_dict(),
                        writer.metrics, config.model)
 
@@ -192,11 +221,11 @@ def _train(config: TrainConfig) -> dict:
             n_steps = min(steps_per_epoch, total_steps - (epoch - 1) * steps_per_epoch)
             first = 0
             sums = torch.zeros(len(trainer.metric_names), device=device)
-            if checkpoint is not None and epoch == position.epoch:
-                run_state.restore_rng(checkpoint)  # the noise stream as it was after the last saved step
+            if group is not None:
+                batches = batches[:, group.rank::world]  # this rank's shard of every global batch
+            if checkpoint is not None and epoch == position.epoch and position.step_in_epoch:
                 first = position.step_in_epoch
-                if first:
-                    sums = checkpoint.tensors["progress.epoch_sums"].to(device)
+                sums = checkpoint.tensors["progress.epoch_sums"].to(device)
             bar = tqdm(total=n_steps, initial=first, desc=f"epoch {epoch}/{last_epoch}", unit="step",
                        disable=not show_bar, leave=False)
             for i in range(first, n_steps):
@@ -213,14 +242,19 @@ def _train(config: TrainConfig) -> dict:
                         bar.set_postfix({**dict(zip(trainer.metric_names[:2], (f"{v:.3f}" for v in stats.tolist()))),
                                          "img/s": f"{rate * config.batch_size:.0f}"})
                 due = config.checkpoint_every is not None and step % config.checkpoint_every == 0
-                if (stop or due) and i + 1 < n_steps:
+                stopping = _stop_agreed(stop, group, device, step)
+                if (stopping or due) and i + 1 < n_steps:
+                    if group is not None:
+                        sums = group.mean(sums)  # every rank continues from the mean, as a resume would
                     _check_finite(trainer, sums, epoch, step, out)
                     save_checkpoint(run_state.Position(epoch, i + 1, step), sums, epoch_gen_state)
-                if stop and i + 1 < n_steps:
+                if stopping and i + 1 < n_steps:
                     bar.close()
                     raise Interrupted(f"interrupted at step {step}; checkpoint saved; resume with: "
-                                      f"python -m fastgen.train --resume {out}", stop[0])
+                                      f"python -m fastgen.train --resume {out}", _signal_number(stop))
             bar.close()
+            if group is not None:
+                sums = group.mean(sums)  # metrics are the mean over ranks
             values = (sums / n_steps).tolist()  # the epoch's one host sync
             loop_end = time.perf_counter()
             epoch_s = loop_end - epoch_start
@@ -229,22 +263,22 @@ def _train(config: TrainConfig) -> dict:
             _check_finite(trainer, sums, epoch, step, out)
             row = {"epoch": epoch, "step": step, **dict(zip(trainer.metric_names, values)),
                    "epoch_s": epoch_s, "samples_per_s": (n_steps - first) * config.batch_size / epoch_s}
-            if test_split is not None:
+            if test_split is not None and is_main:
                 row["test_loss"] = trainer.test_loss(test_split, seed=config.seed)
             writer.append_metrics(row)
-            if epoch % config.sample_every == 0 or epoch == last_epoch:
+            if is_main and (epoch % config.sample_every == 0 or epoch == last_epoch):
                 _save_samples(writer, trainer, fixed_noise, fixed_test, epoch)
             writer.save_weights({name: getattr(trainer, name) for name in trainer.modules}, config.model, config.to_dict())
             if n_steps < steps_per_epoch:  # stopped by --max-steps: a resume may finish this epoch
                 save_checkpoint(run_state.Position(epoch, n_steps, step), sums, epoch_gen_state)
             else:
                 save_checkpoint(run_state.Position(epoch + 1, 0, step), torch.zeros_like(sums), data_gen.get_state())
-            if not config.quiet and not show_bar:
+            if is_main and not config.quiet and not show_bar:
                 shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step"))
                 print(f"epoch {epoch}/{last_epoch}: {shown}", flush=True)
-            if stop:
+            if _stop_agreed(stop, group, device):
                 raise Interrupted(f"interrupted after epoch {epoch} (step {step}); checkpoint saved; resume with: "
-                                  f"python -m fastgen.train --resume {out}", stop[0])
+                                  f"python -m fastgen.train --resume {out}", _signal_number(stop))
 
     _sync(device)
     end = time.perf_counter()
@@ -262,9 +296,23 @@ def _train(config: TrainConfig) -> dict:
         "out": str(out),
     }
     path = writer.write_json("summary.json", summary)
-    if not config.quiet:
+    if is_main and not config.quiet:
         print(f"summary: {path}")
     return summary
+
+
+def _stop_agreed(stop: list[int], group, device: torch.device, step: int | None = None) -> bool:
+    """Whether to stop now. Alone: as soon as a signal came. Under torchrun all ranks must stop after the
+    same step, so they agree (one tiny all-reduce) every _POSTFIX_EVERY steps and at each epoch's end."""
+    if group is None:
+        return bool(stop)
+    if step is not None and step % _POSTFIX_EVERY:
+        return False
+    return group.any(bool(stop), device)
+
+
+def _signal_number(stop: list[int]) -> int:
+    return stop[0] if stop else signal.SIGINT  # a rank that got no signal itself stops with its peers
 
 
 def _check_finite(trainer, sums: torch.Tensor, epoch: int, step: int, out) -> None:
