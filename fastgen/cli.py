@@ -32,6 +32,21 @@ def run(prog: str, body, argv=None) -> int:
     return 0
 
 
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    """--data-dir, --no-download and --debug, the same on every entry point."""
+    parser.add_argument("--data-dir", help="folder holding MNIST/raw/ (or FashionMNIST/raw/) IDX files")
+    parser.add_argument("--no-download", action="store_true", help="never download; fail if the data is not found")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def config_arguments(parser: argparse.ArgumentParser, argv) -> dict:
+    """The parsed flags as config keyword arguments: `download` instead of `no_download`, no `debug`."""
+    args = vars(parser.parse_args(argv))
+    args["download"] = not args.pop("no_download")
+    args.pop("debug")
+    return args
+
+
 def int_at_least(minimum: int):
     """An argparse type: an integer >= minimum."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .cli import Parser, non_negative_int, positive_int, run
+from .cli import Parser, add_data_flags, config_arguments, non_negative_int, positive_int, run
 from .data import DATASETS
 
 
@@ -20,19 +20,15 @@ def build_parser() -> Parser:
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--dataset", choices=tuple(DATASETS), default="mnist")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--data-dir", help="folder holding MNIST/raw/ (or FashionMNIST/raw/) IDX files")
-    parser.add_argument("--no-download", action="store_true", help="never download; fail if the data is not found")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_data_flags(parser)
     return parser
 
 
 def _main(argv) -> None:
     from .comparison import CompareConfig, compare
 
-    args = vars(build_parser().parse_args(argv))
-    args["download"] = not args.pop("no_download")
-    args.pop("debug")
+    args = config_arguments(build_parser(), argv)
     if args["epochs"] is not None:
         args["epochs"] = tuple(args["epochs"])
     print(compare(CompareConfig(**args)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .cli import Parser, non_negative_int, positive_int, run
+from .cli import Parser, add_data_flags, config_arguments, non_negative_int, positive_int, run
 
 
 def build_parser() -> Parser:
@@ -15,11 +15,9 @@ def build_parser() -> Parser:
                         help="VAE only: importance samples per test image for the NLL estimate (1-5000, default 100)")
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--data-dir", help="folder holding MNIST/raw/ (or FashionMNIST/raw/) IDX files")
-    parser.add_argument("--no-download", action="store_true", help="never download; fail if the data is not found")
     parser.add_argument("--no-reference", action="store_true",
                         help="skip the reference rows (training split and uniform noise)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_data_flags(parser)
     return parser
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import Parser, non_negative_int, positive_float, positive_int, run
+from .cli import Parser, add_data_flags, config_arguments, non_negative_int, positive_float, positive_int, run
 from .config import AMP_DTYPES, DEVICES, MODELS, TrainConfig
 from .data import DATASETS
 from .nn import KERNELS
@@ -18,8 +18,6 @@ def build_parser() -> Parser:
     parser.add_argument("--lr", type=positive_float, help="default: GAN 2e-4 (betas 0.5, 0.999), VAE 1e-3")
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--dataset", choices=tuple(DATASETS), default="mnist")
-    parser.add_argument("--data-dir", help="folder holding MNIST/raw/ (or FashionMNIST/raw/) IDX files")
-    parser.add_argument("--no-download", action="store_true", help="never download; fail if the data is not found")
     parser.add_argument("--out", help="run folder (default: runs/<model>-<timestamp>)")
     parser.add_argument("--overwrite", action="store_true", help="reuse an --out that already holds a run")
     parser.add_argument("--device", choices=DEVICES, default="auto")
@@ -40,16 +38,14 @@ def build_parser() -> Parser:
     parser.add_argument("--checkpoint-every", type=positive_int, help="also checkpoint every N steps within an epoch")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue a run from its checkpoint (its own settings; --epochs/--max-steps may extend it)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_data_flags(parser)
     return parser
 
 
 def _main(argv) -> None:
     from .training import train
 
-    args = vars(build_parser().parse_args(argv))
-    args["download"] = not args.pop("no_download")
-    args.pop("debug")
+    args = config_arguments(build_parser(), argv)
     train(TrainConfig(**args))
 
 
