@@ -2,7 +2,8 @@
 # Every measurement fastgen reports, in one command, on whatever device this machine has:
 #   bash bench/run_all.sh [OUT_DIR]        (default: bench/results/<device-name>)
 # Writes: tests.txt (the full test suite, GPU tests included where there is a GPU), bench.json +
-# bench.txt (pytest-benchmark), results.md (ratio table), runs/ (timed training runs), targets.md.
+# bench.txt (pytest-benchmark), results.md (ratio table), runs/ (timed training runs), targets.md,
+# and on a GPU compare/report.md (the GAN-vs-VAE comparison at epochs 10, 50, 200).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export FASTGEN_TEST_DATA="${FASTGEN_TEST_DATA:-$(cd .. && pwd)/shared/data}"
@@ -30,6 +31,8 @@ if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)
     python -m fastgen.train --model gan --epochs 10 --batch-size 64 --out "$out/runs/gan-10-epochs-b64" "${data[@]}"
     python -m fastgen.train --model vae --epochs 200 --out "$out/runs/vae-200-epochs" "${data[@]}"
     python -m fastgen.train --model gan --epochs 2 --batch-size 64 --amp --out "$out/runs/gan-2-epochs-b64-amp" "${data[@]}"
+    # The paper's comparison at epochs 10, 50, 200 (minutes on a GPU); rerun to continue if it is cut off.
+    python -m fastgen.compare --out "$out/compare" --data-dir "$FASTGEN_TEST_DATA" --no-download --quiet
 else
     python -m fastgen.train --model vae --epochs 10 --out "$out/runs/vae-10-epochs" "${data[@]}"
     python -m fastgen.train --model gan --epochs 1 --out "$out/runs/gan-1-epoch" "${data[@]}"

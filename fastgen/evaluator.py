@@ -160,7 +160,7 @@ def load_evaluator(dataset: str = "mnist", recipe: Recipe = Recipe(), data_dir=N
         return cached
     if progress:
         why = "corrupt or from another recipe" if path.exists() else "not cached yet"
-        print(f"fastgen: training the {dataset} evaluator on the CPU ({why}; about 2 minutes on 2 cores, once)",
+        print(f"fastgen: training the {dataset} evaluator on the CPU ({why}; about a minute on 2 cores, once)",
               file=sys.stderr)
     with torch.random.fork_rng(devices=[]):
         network, accuracy = train_classifier(dataset, recipe, data_dir, download, progress)
