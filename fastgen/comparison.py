@@ -19,6 +19,7 @@ from pathlib import Path
 from . import run_state
 from .checkpoint import WEIGHTS_FILE, atomic_write, atomic_write_text
 from .config import TrainConfig
+from .distributed import launched_by_torchrun
 from .environment import device_name, resolve_device
 from .errors import FastgenError
 from .evaluation import evaluate, reference_scores
@@ -136,6 +137,8 @@ def compare(config: CompareConfig) -> Path:
     """Run the comparison as `config` says; return the path of report.md."""
     from .report import write_report
 
+    if launched_by_torchrun():
+        raise FastgenError("fastgen.compare runs as one process (train a run with torchrun, then compare in one process)")
     config = config.resolved()
     out = Path(config.out)
     device = resolve_device(config.device)

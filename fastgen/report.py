@@ -123,6 +123,14 @@ def _conclusion(results: dict, epochs) -> list[str]:
         lines.append(f"- {model.upper()} Fréchet distance from epoch {epochs[0]} to {last}: "
                      f"{_fmt(first)} -> {_fmt(final)} (training split vs test split: "
                      f"{_fmt(results['reference']['train_split']['frechet_distance'])}).")
+    real, noise = results["reference"]["train_split"], results["reference"]["uniform_noise"]
+    gan_first = results["models"]["gan"]["scores"][epochs[0]]["frechet_distance"]
+    lines.append(f"- The training split is {gan_first / max(real['frechet_distance'], 1e-12):,.0f}x closer to the test "
+                 f"split (Fréchet distance) than the GAN at epoch {epochs[0]}.")
+    all_scores = [s for m in MODELS for s in results["models"][m]["scores"].values()]
+    beaten = all(noise["frechet_distance"] > s["frechet_distance"] for s in all_scores)
+    lines.append(f"- Uniform noise (Fréchet distance {_fmt(noise['frechet_distance'])}) is "
+                 f"{'farther than every' if beaten else 'NOT farther than every'} checkpoint of both models.")
     vae = results["models"]["vae"]["scores"][last]
     lines.append(f"- VAE at epoch {last}: test loss {vae['test_loss']:.2f} nats per image, "
                  f"IWAE NLL (k={vae['iwae_k']}) {vae['iwae_nll']:.2f}.")
