@@ -161,22 +161,8 @@ def _train(config: TrainConfig) -> dict:
     data_gen = torch.Generator(device=device).manual_seed(config.seed)
     position = run_state.Position(epoch=1, step_in_epoch=0, step=0)
     if checkpoint is not None:
-        run_state.restore(trainer, checkpoint)
-        position = checkpoint.position
-        data_gen.set_state(checkpoint.tensors["rng.data_epoch_start"].to(data_gen.get_state().device))
-        for row in checkpoint.metrics:
-            if row["epoch"] < position.epoch:  # a partial epoch's row is rewritten when it completes
-                writer.append_metrics(row)
-    use_compile = config.compile if config.compile is not None else default_compile(config.model, device)
-    use_graphs = config.cuda_graphs if config.cuda_graphs is not None else device.type == "cuda"
-    if use_graphs and device.type != "cuda":
-        notice("--cuda-graphs needs a CUDA device; ignored")
-        use_graphs = False
-    if group is not None and (use_compile or use_graphs):
-        if config.compile or config.cuda_graphs:
-            notice("under torchrun the step runs eagerly (the gradient all-reduce sits inside it); "
-                   "--compile and --cuda-graphs are single-process features for now")
-        use_compile = use_graphs = False
+        position = _restore(checkpoint, trainer, data_gen, writer)
+    use_compile, use_graphs = _step_paths(config, device, group is not None, notice)
     step_fn = build_step(trainer.step, device, use_compile, use_graphs, notice)
     if checkpoint is not None:
         run_state.restore_rng(checkpoint)  # the noise stream as it was after the last saved step
@@ -299,6 +285,32 @@ def _train(config: TrainConfig) -> dict:
     if is_main and not config.quiet:
         print(f"summary: {path}")
     return summary
+
+
+def _restore(checkpoint: run_state.Checkpoint, trainer, data_gen: torch.Generator, writer: RunWriter) -> run_state.Position:
+    """Load a checkpoint's training state and finished epochs' metrics; return where to continue."""
+    run_state.restore(trainer, checkpoint)
+    position = checkpoint.position
+    data_gen.set_state(checkpoint.tensors["rng.data_epoch_start"].to(data_gen.get_state().device))
+    for row in checkpoint.metrics:
+        if row["epoch"] < position.epoch:  # a partial epoch's row is rewritten when it completes
+            writer.append_metrics(row)
+    return position
+
+
+def _step_paths(config: TrainConfig, device: torch.device, distributed_run: bool, notice) -> tuple[bool, bool]:
+    """(compile, cuda_graphs) as asked for, else the defaults; what the device or torchrun cannot do is dropped, saying so."""
+    use_compile = config.compile if config.compile is not None else default_compile(config.model, device)
+    use_graphs = config.cuda_graphs if config.cuda_graphs is not None else device.type == "cuda"
+    if use_graphs and device.type != "cuda":
+        notice("--cuda-graphs needs a CUDA device; ignored")
+        use_graphs = False
+    if distributed_run and (use_compile or use_graphs):
+        if config.compile or config.cuda_graphs:
+            notice("under torchrun the step runs eagerly (the gradient all-reduce sits inside it); "
+                   "--compile and --cuda-graphs are single-process features for now")
+        use_compile = use_graphs = False
+    return use_compile, use_graphs
 
 
 def _stop_agreed(stop: list[int], group, device: torch.device, step: int | None = None) -> bool:
