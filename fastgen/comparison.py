@@ -24,7 +24,7 @@ from .environment import device_name, resolve_device
 from .errors import FastgenError
 from .evaluation import evaluate, reference_scores
 from .evaluator import load_evaluator
-from .training import train
+from .training import Interrupted, train
 
 MODELS = ("gan", "vae")
 # --quick: a smoke test of the whole pipeline (minutes on a CPU), not a result to quote.
@@ -94,12 +94,16 @@ def _train_to(model: str, epoch: int, run_dir: Path, config: CompareConfig) -> P
                                "choose another --out")
     _say(config, f"training the {model} to epoch {epoch}" + (" (continuing its run)" if started else ""))
     common = dict(epochs=epoch, device=config.device, quiet=config.quiet)
-    if started:
-        train(TrainConfig(resume=str(run_dir), **common))
-    else:
-        train(TrainConfig(model=model, out=str(run_dir), overwrite=True, seed=config.seed, dataset=config.dataset,
-                          data_dir=config.data_dir, download=config.download, train_images=config.train_images,
-                          **common))
+    try:
+        if started:
+            train(TrainConfig(resume=str(run_dir), **common))
+        else:
+            train(TrainConfig(model=model, out=str(run_dir), overwrite=True, seed=config.seed, dataset=config.dataset,
+                              data_dir=config.data_dir, download=config.download, train_images=config.train_images,
+                              **common))
+    except Interrupted as exc:
+        raise Interrupted(f"the {model} run was interrupted and checkpointed; run the same fastgen.compare command "
+                          "again to continue the comparison", exc.exit_code - 128) from None
     snapshot.parent.mkdir(exist_ok=True)
     atomic_write(snapshot, lambda tmp: shutil.copyfile(run_dir / WEIGHTS_FILE, tmp))
     return snapshot
