@@ -22,7 +22,7 @@ from .config import TrainConfig
 from .distributed import launched_by_torchrun
 from .environment import device_name, resolve_device
 from .errors import FastgenError
-from .evaluation import evaluate, reference_scores
+from .evaluation import eval_path, evaluate, reference_scores
 from .evaluator import load_evaluator
 from .training import Interrupted, train
 
@@ -111,7 +111,7 @@ def _train_to(model: str, epoch: int, run_dir: Path, config: CompareConfig) -> P
 
 def _scores(snapshot: Path, config: CompareConfig, evaluator) -> dict:
     """The snapshot's scores, reusing its .eval.json when it was made with the same settings."""
-    path = snapshot.with_suffix(".eval.json")
+    path = eval_path(snapshot)
     wanted = {"n": config.n, "seed": config.seed, "iwae_k": config.iwae_k}
     if path.exists():
         try:
