@@ -13,13 +13,15 @@ from . import metrics, vae_likelihood
 from .checkpoint import load, read_weights
 from .data import load_split
 from .environment import resolve_device
-from .evaluator import Evaluator, load_evaluator
+from .evaluator import Evaluator, load_evaluator, to_unit
 from .errors import FastgenError
 from .models import VAE
 
 DEFAULT_N = 10_000
 PR_NEIGHBOURS = 3  # k of the k-NN radii, as in Kynkäänniemi et al. (2019)
 SCORE_NAMES = ("frechet_distance", "inception_style_score", "class_kl_to_uniform", "precision", "recall")
+HIGHER_IS_BETTER = {"frechet_distance": False, "inception_style_score": True, "class_kl_to_uniform": False,
+                    "precision": True, "recall": True}
 
 _test_features: dict[tuple, tuple] = {}  # (evaluator checksum, dataset, data_dir) -> test split and its features
 
@@ -28,7 +30,7 @@ def _test_split(evaluator: Evaluator, data_dir, download: bool):
     key = (evaluator.sha256, evaluator.dataset, str(data_dir))
     if key not in _test_features:
         images, _ = load_split(evaluator.dataset, "test", data_dir, download)
-        features, probs = evaluator.features_and_probs(images.float().div(255.0).unsqueeze(1))
+        features, probs = evaluator.features_and_probs(to_unit(images))
         _test_features[key] = (images, features, probs)
     return _test_features[key]
 
@@ -56,7 +58,7 @@ def reference_scores(evaluator: Evaluator, n: int = DEFAULT_N, seed: int = 0, da
     pick = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))[:n]
     noise = torch.rand((n, 1, 28, 28), generator=torch.Generator().manual_seed(seed))
     return {
-        "train_split": score_images(train_images[pick].float().div(255.0).unsqueeze(1), evaluator, data_dir, download),
+        "train_split": score_images(to_unit(train_images[pick]), evaluator, data_dir, download),
         "uniform_noise": score_images(noise, evaluator, data_dir, download),
     }
 
@@ -116,10 +118,9 @@ def format_table(result: dict) -> str:
     columns = [("model", result)] + [(name.replace("_", " "), scores)
                                      for name, scores in result.get("reference", {}).items()]
     rows = [("metric", *[name for name, _ in columns])]
-    better = {"frechet_distance": "lower", "inception_style_score": "higher", "class_kl_to_uniform": "lower",
-              "precision": "higher", "recall": "higher"}
     for name in SCORE_NAMES:
-        rows.append((f"{name.replace('_', ' ')} ({better[name]} is better)", *[f"{s[name]:.4g}" for _, s in columns]))
+        better = "higher" if HIGHER_IS_BETTER[name] else "lower"
+        rows.append((f"{name.replace('_', ' ')} ({better} is better)", *[f"{s[name]:.4g}" for _, s in columns]))
     for name in ("test_loss", "iwae_nll"):
         if name in result:
             label = "test loss (nats/image)" if name == "test_loss" else f"IWAE NLL, k={result['iwae_k']} (nats/image)"

@@ -86,7 +86,8 @@ class Evaluator:
         return torch.cat(feats), torch.cat(probs)
 
 
-def _to_unit(images_uint8: torch.Tensor) -> torch.Tensor:
+def to_unit(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1], what the evaluator takes."""
     return images_uint8.float().div_(255.0).unsqueeze(1)
 
 
@@ -97,7 +98,7 @@ def _sha256(path: Path) -> str:
 @torch.no_grad()
 def _accuracy(network: Classifier, images: torch.Tensor, labels: torch.Tensor) -> float:
     network.eval()
-    correct = sum(int((network(_to_unit(images[i:i + 1000])).argmax(1) == labels[i:i + 1000]).sum())
+    correct = sum(int((network(to_unit(images[i:i + 1000])).argmax(1) == labels[i:i + 1000]).sum())
                   for i in range(0, len(images), 1000))
     return correct / len(images)
 
@@ -122,7 +123,7 @@ def train_classifier(dataset: str, recipe: Recipe, data_dir=None, download: bool
     for epoch in range(recipe.epochs):
         order = torch.randperm(len(images), generator=gen)[: steps_per_epoch * recipe.batch_size]
         for batch in order.view(-1, recipe.batch_size):
-            loss = F.cross_entropy(network(_to_unit(images[batch])), labels[batch])
+            loss = F.cross_entropy(network(to_unit(images[batch])), labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

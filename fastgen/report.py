@@ -10,12 +10,10 @@ import torch
 from . import __version__
 from .checkpoint import atomic_write_text, load
 from .comparison import MODELS, snapshot_path
-from .evaluation import SCORE_NAMES
+from .evaluation import HIGHER_IS_BETTER, SCORE_NAMES
 
 LABELS = {"frechet_distance": "Fréchet distance", "inception_style_score": "IS-style score",
           "class_kl_to_uniform": "class KL to uniform", "precision": "precision", "recall": "recall"}
-HIGHER_IS_BETTER = {"frechet_distance": False, "inception_style_score": True, "class_kl_to_uniform": False,
-                    "precision": True, "recall": True}
 GRID_SEED = 1234  # the same latent draws at every epoch, so the grids show one generator improving
 
 
@@ -105,14 +103,15 @@ def _fmt(value: float) -> str:
 
 def _conclusion(results: dict, epochs) -> list[str]:
     last = epochs[-1]
-    won = winners(results, last)
+    won_at = {e: winners(results, e) for e in epochs}
+    won = won_at[last]
     lines = []
     for model in MODELS:
         names = [LABELS[n] for n in SCORE_NAMES if won[n] == model]
         lines.append(f"- At epoch {last} the **{model.upper()}** is better on "
                      f"{', '.join(names) if names else 'no metric'}.")
-    changed = [f"{LABELS[n]} ({e}: {winners(results, e)[n].upper()})" for e in epochs[:-1] for n in SCORE_NAMES
-               if winners(results, e)[n] != won[n]]
+    changed = [f"{LABELS[n]} ({e}: {won_at[e][n].upper()})" for e in epochs[:-1] for n in SCORE_NAMES
+               if won_at[e][n] != won[n]]
     if changed:
         lines.append(f"- Earlier checkpoints differ on: {'; '.join(changed)}.")
     else:
