@@ -12,6 +12,16 @@ from .checkpoint import WEIGHTS_FILE, atomic_write_text, save_weights
 from .errors import FastgenError
 
 
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def default_out(model: str) -> Path:
     return Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -71,11 +81,7 @@ class RunWriter:
     def plot_losses(self, names) -> Path | None:
         if not self.enabled:
             return None
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
         epochs = [row["epoch"] for row in self.metrics]
         for name in names:

@@ -11,25 +11,17 @@ from . import __version__
 from .checkpoint import atomic_write_text, load
 from .comparison import MODELS, snapshot_path
 from .evaluation import HIGHER_IS_BETTER, SCORE_NAMES
+from .outputs import pyplot
 
 LABELS = {"frechet_distance": "Fréchet distance", "inception_style_score": "IS-style score",
           "class_kl_to_uniform": "class KL to uniform", "precision": "precision", "recall": "recall"}
 GRID_SEED = 1234  # the same latent draws at every epoch, so the grids show one generator improving
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _grid_figure(out: Path, results: dict, epoch: int) -> str:
     from torchvision.utils import make_grid
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.3), dpi=100)
     for ax, model in zip(axes, MODELS):
         weights = snapshot_path(Path(results["models"][model]["run"]), epoch)
@@ -45,7 +37,7 @@ def _grid_figure(out: Path, results: dict, epoch: int) -> str:
 
 
 def _loss_figure(out: Path, results: dict) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
     for ax, model, names in zip(axes, MODELS, (("d_loss", "g_loss"), ("loss", "test_loss"))):
         rows = results["models"][model]["metrics"]
@@ -63,7 +55,7 @@ def _loss_figure(out: Path, results: dict) -> str:
 
 
 def _metrics_figure(out: Path, results: dict, epochs) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(SCORE_NAMES), figsize=(3.2 * len(SCORE_NAMES), 3.2), dpi=100)
     for ax, name in zip(axes, SCORE_NAMES):
         for model in MODELS:
