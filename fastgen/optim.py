@@ -39,14 +39,39 @@ class StepAdam:
     def step(self, grads, found_inf: torch.Tensor | None = None) -> None:
         """One Adam update; skipped (on the device) where `found_inf` is set."""
         beta1, beta2 = self.betas
-        # torch.compile traces the multi-tensor update (the fused kernel is opaque to it), and in a
-        # traced graph the step counters may live on any device.
-        fused = self.fused and not (torch.compiler.is_compiling() and found_inf is None)
+        grads = list(grads)
+        if self.fused:
+            self._fused_step(grads, found_inf, beta1, beta2)
+            return
+        # In a traced graph the step counters may live on any device. Outside one (the CPU only), torch's
+        # multi-tensor update takes the learning rate as a number.
         capturable = self.capturable or torch.compiler.is_compiling()
-        adam(self.params, list(grads), self.exp_avgs, self.exp_avg_sqs, [], self.steps,
-             foreach=not fused, fused=fused, capturable=capturable, differentiable=False,
-             grad_scale=None, found_inf=found_inf, has_complex=False, amsgrad=False, beta1=beta1, beta2=beta2,
-             lr=self.lr, weight_decay=0.0, eps=1e-8, maximize=False)
+        adam(self.params, grads, self.exp_avgs, self.exp_avg_sqs, [], self.steps,
+             foreach=True, fused=False, capturable=capturable, differentiable=False, grad_scale=None,
+             found_inf=found_inf, has_complex=False, amsgrad=False, beta1=beta1, beta2=beta2,
+             lr=self.lr if capturable else float(self.lr), weight_decay=0.0, eps=1e-8, maximize=False)
+
+    def _fused_step(self, grads, found_inf, beta1: float, beta2: float) -> None:
+        fused_adam_(self.params, grads, self.exp_avgs, self.exp_avg_sqs, self.steps, self.lr, beta1, beta2, found_inf)
+
+
+# The fused kernel as an op of ours: torch.optim hides its wrapper from torch.compile, and the kernel's
+# tensor-lr overload has no fake implementation, so a compiled step would otherwise trace the
+# multi-tensor update, which Inductor makes slower than the one-pass kernel on the CPU (measured).
+@torch.library.custom_op("fastgen::fused_adam_", mutates_args=("params", "exp_avgs", "exp_avg_sqs", "steps"))
+def fused_adam_(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+                exp_avg_sqs: list[torch.Tensor], steps: list[torch.Tensor], lr: torch.Tensor, beta1: float,
+                beta2: float, found_inf: torch.Tensor | None) -> None:
+    torch._foreach_add_(steps, 1)
+    torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr, beta1=beta1, beta2=beta2,
+                       weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False, grad_scale=None, found_inf=found_inf)
+    if found_inf is not None:  # a skipped update does not count as a step
+        torch._foreach_sub_(steps, [found_inf] * len(steps))
+
+
+@fused_adam_.register_fake
+def _(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, found_inf) -> None:
+    return None
 
 
 class DeviceLossScaler:

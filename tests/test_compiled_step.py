@@ -85,18 +85,45 @@ def test_loss_scaler_skips_non_finite_steps_and_backs_off():
     assert torch.allclose(p.data, torch.full((3,), 0.9)) and adam.steps[0].item() == 1
 
 
-def test_step_adam_matches_torch_adam():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "multi-tensor"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_step_adam_matches_torch_adam(fused, compiled):
+    """Both update paths, called directly or inside torch.compile(fullgraph=True), are torch's Adam."""
+    torch._dynamo.reset()
     torch.manual_seed(0)
-    a, b = torch.nn.Parameter(torch.randn(5, 4)), None
+    a = torch.nn.Parameter(torch.randn(5, 4))
     b = torch.nn.Parameter(a.detach().clone())
-    ours = StepAdam([a], 1e-2, (0.5, 0.999), torch.device("cpu"))
+    ours = StepAdam([a], 1e-2, (0.5, 0.999), torch.device("cpu"), fused=fused)
+    update = torch.compile(ours.step, fullgraph=True) if compiled else ours.step
     theirs = torch.optim.Adam([b], lr=1e-2, betas=(0.5, 0.999))
     for i in range(5):
         g = torch.randn(5, 4)
-        ours.step([g])
+        update([g])
         b.grad = g.clone()
         theirs.step()
     assert torch.allclose(a, b, atol=1e-6)
+    assert ours.steps[0].item() == 5
+
+
+def test_fp16_loss_scaling_compiles_without_a_graph_break():
+    """The fused update with found_inf (the fp16 path) stays inside one compiled graph and still skips
+    a non-finite step."""
+    torch._dynamo.reset()
+    p = torch.nn.Parameter(torch.ones(3))
+    adam = StepAdam([p], 0.1, (0.9, 0.999), torch.device("cpu"), fused=True)
+    scaler = DeviceLossScaler(torch.device("cpu"), init_scale=4.0)
+
+    def step(x):
+        adam.step(*scaler.grads((p * x).sum(), [p]))
+
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        explanation = torch._dynamo.explain(step)(torch.tensor([1.0, float("inf"), 1.0]))
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+        compiled = torch.compile(step, fullgraph=True)
+        compiled(torch.tensor([1.0, float("inf"), 1.0]))
+        assert torch.equal(p.data, torch.ones(3)) and adam.steps[0].item() == 0
+        compiled(torch.tensor([1.0, 1.0, 1.0]))
+    assert torch.allclose(p.data, torch.full((3,), 0.9)) and adam.steps[0].item() == 1
 
 
 @cuda_only

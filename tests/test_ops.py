@@ -118,6 +118,22 @@ def test_keep_fraction_is_within_binomial_bounds(backend):
     assert abs(kept - n * (1 - p)) < 5 * sigma
 
 
+def test_fallback_masks_use_every_16_bit_lane_and_round_p_to_2_to_the_minus_16():
+    """The CPU fallback reads four 16-bit lanes from each 64-bit draw: each lane position must be
+    uniform on its own (a draw that never sets the top bit would drop every fourth element at p=0.5)."""
+    from fastgen.ops.backend import cpu_backend
+    from fastgen.ops.rng import DROP_RESOLUTION
+
+    with cpu_backend("eager"):
+        n, p = 400_000, 0.5
+        kept = dropout_keep_mask(99, (n // 4, 4), p, "cpu").float()
+        sigma = math.sqrt((n // 4) * p * (1 - p))
+        for lane in range(4):
+            assert abs(kept[:, lane].sum().item() - (n // 4) * (1 - p)) < 5 * sigma, lane
+        assert not dropout_keep_mask(1, (1000,), 1 - DROP_RESOLUTION / 4, "cpu").any()  # rounds to 1: drop all
+        assert dropout_keep_mask(1, (1000,), DROP_RESOLUTION / 4, "cpu").all()  # rounds to 0: keep all
+
+
 def test_same_key_same_mask_different_seed_or_step_different_mask(backend):
     shape, p = (64, 300), 0.5
     a = dropout_keep_mask(7, shape, p, "cpu")
