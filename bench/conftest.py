@@ -10,6 +10,9 @@ from bench.telemetry import run_info
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# As `fastgen.train` does at the start of a CPU run. The flag is per thread and OpenMP's worker threads
+# copy it only when they start, so it is set here, before any benchmark starts them.
+torch.set_flush_denormal(True)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ from fastgen.config import TrainConfig
 from fastgen.data import DeviceSplit
 from fastgen.compiled_step import build_step, describe
 from fastgen.steps import GANTrainer, VAETrainer
-from fastgen.training import default_compile
 
 BATCH = {"gan": 32, "vae": 100}
 CPU_STEPS = {"gan": 60, "vae": 40}
@@ -34,13 +33,11 @@ def _sync(device):
 def test_fastgen(benchmark, record, device, mnist, model):
     torch._dynamo.reset()
     torch.manual_seed(0)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # as fastgen.train does
     config = TrainConfig(model=model, batch_size=BATCH[model]).resolved()
     split = DeviceSplit.load("mnist", "train", device, -1.0 if model == "gan" else 0.0, mnist, download=False)
     trainer = (GANTrainer if model == "gan" else VAETrainer)(config, device)
-    # The path `python -m fastgen.train` takes by default on this device.
-    step = build_step(trainer.step, device, default_compile(model, device), device.type == "cuda", print)
+    # The path `python -m fastgen.train` takes by default on this device: compiled, graph-captured on CUDA.
+    step = build_step(trainer.step, device, True, device.type == "cuda", print)
     generator = torch.Generator(device=device).manual_seed(0)
     n = _steps(model, device)
 

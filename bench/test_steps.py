@@ -25,8 +25,6 @@ def test_step(benchmark, record, device, model, variant, amp):
         pytest.skip("CUDA graphs need a CUDA device")
     if amp == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
         pytest.skip("this CPU has no fast bf16 (no AVX512-BF16 or AMX): fastgen trains in float32 here")
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)
     torch._dynamo.reset()
     torch.manual_seed(0)
     config = TrainConfig(model=model, batch_size=BATCH[model]).resolved()

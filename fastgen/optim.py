@@ -8,9 +8,11 @@ from torch.optim.adam import adam
 
 
 class StepAdam:
-    """torch's Adam update (its functional form) with the state and the learning rate in device tensors.
+    """torch's Adam update (its fused kernel, or its functional multi-tensor form) with the state and
+    the learning rate in device tensors.
 
-    `torch.optim.Adam.step` breaks torch.compile graphs on purpose; its functional `adam` does not.
+    `torch.optim.Adam.step` breaks torch.compile graphs on purpose; the fused kernel (through
+    `fastgen::fused_adam_`) and the functional `adam` do not.
     The `torch.optim.Adam` object is kept as the holder of the state, so `state_dict()` is Adam's own.
     """
 
