@@ -6,8 +6,6 @@ tensors each batch, one optimizer step per batch. Same layer sizes, dropout and 
 """
 from __future__ import annotations
 
-import time
-
 import torch
 from torch import nn
 from torchvision import datasets, transforms
@@ -83,12 +81,21 @@ def vae_steps(data_dir: str, batch_size: int):
             yield
 
 
-def samples_per_second(model: str, data_dir: str, batch_size: int, steps: int, warmup: int = 5) -> float:
-    """Training throughput of the plain implementation on the CPU, after `warmup` steps."""
+def serve(model: str, data_dir: str, batch_size: int) -> None:
+    """Train in this plain process, as a user's script would, on request: each line "N" on stdin runs
+    N steps, then "done" is printed. Lets a benchmark time the baseline outside fastgen's process,
+    whose settings (denormal flushing, glibc malloc tuning) would otherwise speed it up too."""
+    import sys
+
+    torch.manual_seed(0)
     stepper = (gan_steps if model == "gan" else vae_steps)(data_dir, batch_size)
-    for _ in range(warmup):
-        next(stepper)
-    start = time.perf_counter()
-    for _ in range(steps):
-        next(stepper)
-    return steps * batch_size / (time.perf_counter() - start)
+    for line in sys.stdin:
+        for _ in range(int(line)):
+            next(stepper)
+        print("done", flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve(sys.argv[1], sys.argv[2], int(sys.argv[3]))

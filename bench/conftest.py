@@ -7,12 +7,12 @@ import torch
 
 from bench.report import table
 from bench.telemetry import run_info
+from fastgen.cpu_tuning import tune_for_cpu_training
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-# As `fastgen.train` does at the start of a CPU run. The flag is per thread and OpenMP's worker threads
-# copy it only when they start, so it is set here, before any benchmark starts them.
-torch.set_flush_denormal(True)
+if DEVICE.type == "cpu":
+    tune_for_cpu_training()  # as `fastgen.train` does, and before any benchmark starts OpenMP's threads
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from . import distributed, run_state
 from .compiled_step import build_step, describe
 from .config import TrainConfig
+from .cpu_tuning import tune_for_cpu_training
 from .data import DeviceSplit
 from .environment import cpu_has_fast_bf16, device_name, resolve_device, versions
 from .errors import FastgenError
@@ -128,11 +129,7 @@ def _train(config: TrainConfig) -> dict:
     amp_dtype = resolve_amp(config, device, notice)
 
     torch.manual_seed(config.seed)
-    if device.type == "cpu":
-        # Adam's second moments and small activations drift into float32 denormals as training goes
-        # on, and x86 arithmetic on denormals is many times slower: flush them to zero. The flag is per
-        # thread, and OpenMP's worker threads copy it when they start: set it before the first parallel op.
-        torch.set_flush_denormal(True)
+    cpu_tuning = tune_for_cpu_training() if device.type == "cpu" else None  # before the first parallel op
     low = -1.0 if config.model == "gan" else 0.0
     train_split = DeviceSplit.load(config.dataset, "train", device, low, config.data_dir, config.download)
     train_split = train_split.head(config.train_images)
@@ -163,7 +160,7 @@ def _train(config: TrainConfig) -> dict:
                 "amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None, "versions": versions(),
                 "compile": use_compile, "cuda_graphs": use_graphs,
                 "triton_kernels": config.kernels != "eager" and triton_runs_on(device),
-                "torch_threads": torch.get_num_threads(), "world_size": world}
+                "torch_threads": torch.get_num_threads(), "cpu_tuning": cpu_tuning, "world_size": world}
     writer.write_json("config.json", run_info)
 
     sample_gen = torch.Generator(device="cpu").manual_seed(config.seed + 1)
