@@ -6,6 +6,7 @@ and training goes on.
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import torch
@@ -21,6 +22,8 @@ class CompiledStep:
         # On the CPU the compiled step draws its noise from torch's generator, as the eager step does:
         # the same numbers, and faster there than Inductor's own per-element generator (measured).
         self.compiled = torch.compile(step, fullgraph=True, options={"fallback_random": True} if cpu else None)
+        if cpu:  # a CUDA build of torch on a machine without a GPU warns "No CUDA runtime is found" as it compiles
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         self.notice = notice
         self.active = True
 

@@ -152,6 +152,9 @@ def _train(config: TrainConfig) -> dict:
         position = _restore(checkpoint, trainer, data_gen, writer)
     use_compile, use_graphs = _step_paths(config, device, group is not None, notice)
     step_fn = build_step(trainer.step, device, use_compile, use_graphs, notice)
+    if use_compile and not config.quiet:
+        notice("compiling the training step on its first call (torch.compile: tens of seconds the first time, "
+               "seconds once Inductor has cached it; --no-compile skips it)")
     if checkpoint is not None:
         run_state.restore_rng(checkpoint)  # the noise stream as it was after the last saved step
     if group is not None:
