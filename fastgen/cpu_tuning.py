@@ -8,8 +8,8 @@ Both were measured on this project's 2-core CPUs (README, Performance):
   must run before the first parallel op.
 - glibc's malloc keeps freed memory for reuse. A training step allocates and frees the same few MB
   of activations and gradients every step; by default glibc serves blocks over 128 KiB with mmap and
-  hands freed heap back to the kernel, so every step page-faults its memory in again (about 2,000
-  faults a step, measured: 1.55x slower VAE steps, 1.3x slower GAN steps).
+  hands freed heap back to the kernel, so every step page-faults its memory in again (1,450-2,330
+  faults a step, measured: 1.55x slower VAE steps, 1.25x slower GAN steps).
 """
 from __future__ import annotations
 
