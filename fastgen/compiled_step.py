@@ -14,6 +14,12 @@ import torch
 Step = Callable[[torch.Tensor], torch.Tensor]
 
 
+def _describe(exc: Exception) -> str:
+    """The exception's type and the first line of its message, short enough for a one-line notice."""
+    lines = str(exc).splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
 class CompiledStep:
     """torch.compile of the step with no graph break allowed; eager again if compilation fails."""
 
@@ -30,14 +36,15 @@ class CompiledStep:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.active:
             return self.eager(x)
-        # Dynamo traces the step's torch.autograd.grad calls only with this switch on.
-        with torch._dynamo.config.patch(trace_autograd_ops=True):
-            try:
+        try:
+            # Dynamo traces the step's torch.autograd.grad calls only with this switch on (a torch without
+            # the switch fails here and trains eagerly, like any other compile failure).
+            with torch._dynamo.config.patch(trace_autograd_ops=True):
                 return self.compiled(x)
-            except Exception as exc:  # compiler missing, unsupported op, ...: never lose the run
-                self.active = False
-                self.notice(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                            "training continues without compilation")
+        except Exception as exc:  # compiler missing, unsupported op, ...: never lose the run
+            self.active = False
+            self.notice(f"torch.compile failed ({_describe(exc)}); "
+                        "training continues without compilation")
         return self.eager(x)
 
 
@@ -83,7 +90,7 @@ class GraphedStep:
         except Exception as exc:
             self.active = False
             torch.cuda.synchronize()
-            self.notice(f"CUDA-graph capture failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            self.notice(f"CUDA-graph capture failed ({_describe(exc)}); "
                         "training continues without CUDA graphs")
             return self.step(x)
         self.graph = graph

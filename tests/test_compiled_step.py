@@ -68,6 +68,14 @@ def test_a_step_that_cannot_compile_falls_back_to_eager_with_one_notice():
     assert describe(compiled) == {"compile": False, "cuda_graphs": False}
 
 
+def test_fallback_notices_stay_one_line_whatever_the_exception_says():
+    from fastgen.compiled_step import _describe
+
+    assert _describe(RuntimeError()) == "RuntimeError"
+    assert _describe(ValueError("first line\nsecond line")) == "ValueError: first line"
+    assert _describe(ValueError("x" * 500)) == "ValueError: " + "x" * 200
+
+
 def test_cuda_graphs_are_not_applied_on_cpu():
     step = build_step(lambda x: x, torch.device("cpu"), compile=False, cuda_graphs=True, notice=print)
     assert not isinstance(step, GraphedStep)
