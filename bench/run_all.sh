@@ -9,11 +9,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export FASTGEN_TEST_DATA="${FASTGEN_TEST_DATA:-$(cd .. && pwd)/shared/data}"
-device=$(python -c "
-import re, torch
-from fastgen.environment import device_name
-name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu ' + device_name(torch.device('cpu'))
-print(re.sub(r'[^a-z0-9]+', '-', name.lower().replace('(r)', '')).strip('-'))")
+device=$(python -c "from bench.telemetry import results_folder; print(results_folder())")
 out="${1:-bench/results/$device}"
 stage="${2:-all}"
 case "$stage" in all|tests|bench|runs|compare|targets) ;; *) echo "unknown stage: $stage" >&2; exit 2;; esac

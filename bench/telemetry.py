@@ -1,6 +1,8 @@
 """What every benchmark records about where it ran: device, versions, and on NVIDIA GPUs, NVML telemetry."""
 from __future__ import annotations
 
+import re
+
 import torch
 
 from fastgen.environment import device_name, versions
@@ -40,3 +42,9 @@ def run_info(device: torch.device) -> dict:
     else:
         info["nvml"] = "not applicable (CPU run)"
     return info
+
+
+def results_folder() -> str:
+    """This machine's folder name under bench/results: the GPU's name, else "cpu-" and the CPU's."""
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu " + device_name(torch.device("cpu"))
+    return re.sub(r"[^a-z0-9]+", "-", name.lower().replace("(r)", "")).strip("-")
