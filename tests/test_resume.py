@@ -67,13 +67,15 @@ def test_resume_extends_a_finished_run(mnist, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("model", ["gan", "vae"])
-def test_resume_at_an_epoch_boundary_is_bit_identical(mnist, tmp_path, model):
-    # fastgen.compare trains to epoch 10, then continues the same run to 50 and 200 this way.
-    small = dict(model=model, max_steps=None, train_images=320, batch_size=32)
+def test_resume_at_an_epoch_boundary_is_bit_identical(mnist, tmp_path, model, compile):
+    # fastgen.compare trains to epoch 10, then continues the same run to 50 and 200 this way, with the
+    # default (compiled) step.
+    small = dict(model=model, max_steps=None, train_images=320, batch_size=32, compile=compile)
     fastgen.train(_config(mnist, tmp_path / "straight", epochs=3, **small))
     fastgen.train(_config(mnist, tmp_path / "cut", epochs=1, **small))
-    fastgen.train(fastgen.TrainConfig(resume=str(tmp_path / "cut"), epochs=3, quiet=True, compile=False))
+    fastgen.train(fastgen.TrainConfig(resume=str(tmp_path / "cut"), epochs=3, quiet=True))
     a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
