@@ -6,6 +6,8 @@ tensors each batch, one optimizer step per batch. Same layer sizes, dropout and 
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import nn
 from torchvision import datasets, transforms
@@ -85,8 +87,6 @@ def serve(model: str, data_dir: str, batch_size: int) -> None:
     """Train in this plain process, as a user's script would, on request: each line "N" on stdin runs
     N steps, then "done" is printed. Lets a benchmark time the baseline outside fastgen's process,
     whose settings (denormal flushing, glibc malloc tuning) would otherwise speed it up too."""
-    import sys
-
     torch.manual_seed(0)
     stepper = (gan_steps if model == "gan" else vae_steps)(data_dir, batch_size)
     for line in sys.stdin:
@@ -96,6 +96,4 @@ def serve(model: str, data_dir: str, batch_size: int) -> None:
 
 
 if __name__ == "__main__":
-    import sys
-
     serve(sys.argv[1], sys.argv[2], int(sys.argv[3]))
