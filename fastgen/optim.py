@@ -43,7 +43,7 @@ class StepAdam:
         beta1, beta2 = self.betas
         grads = list(grads)
         if self.fused:
-            self._fused_step(grads, found_inf, beta1, beta2)
+            fused_adam_(self.params, grads, self.exp_avgs, self.exp_avg_sqs, self.steps, self.lr, beta1, beta2, found_inf)
             return
         # In a traced graph the step counters may live on any device. Outside one (the CPU only), torch's
         # multi-tensor update takes the learning rate as a number.
@@ -52,9 +52,6 @@ class StepAdam:
              foreach=True, fused=False, capturable=capturable, differentiable=False, grad_scale=None,
              found_inf=found_inf, has_complex=False, amsgrad=False, beta1=beta1, beta2=beta2,
              lr=self.lr if capturable else float(self.lr), weight_decay=0.0, eps=1e-8, maximize=False)
-
-    def _fused_step(self, grads, found_inf, beta1: float, beta2: float) -> None:
-        fused_adam_(self.params, grads, self.exp_avgs, self.exp_avg_sqs, self.steps, self.lr, beta1, beta2, found_inf)
 
 
 # The fused kernel as an op of ours: torch.optim hides its wrapper from torch.compile, and the kernel's
