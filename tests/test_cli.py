@@ -37,9 +37,10 @@ def test_short_run_writes_every_file(mnist, tmp_path, model):
     assert expected | {"epoch", "step", "epoch_s", "samples_per_s"} <= set(rows[0])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 30 and summary["samples_per_s"] > 0 and summary["amp"] is False
-    # The CPU default path: compiled where it measured faster (the VAE), never CUDA graphs.
+    # The CPU default path: compiled (it measured faster for both models), never CUDA graphs; said once.
     assert summary["compile"] is True and summary["cuda_graphs"] is False
-    assert "failed" not in result.stderr
+    assert result.stderr.count("compiling the training step") == 1
+    assert "failed" not in result.stderr and "No CUDA runtime" not in result.stderr
     for png in ["losses.png", "samples/epoch_0001.png"] + (["samples/recon_0001.png"] if model == "vae" else []):
         with Image.open(out / png) as image:
             image.verify()
