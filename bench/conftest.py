@@ -7,7 +7,7 @@ import torch
 
 from bench.report import table
 from bench.telemetry import run_info
-from fastgen.cpu_tuning import tune_for_cpu_training
+from fastgen.training.cpu_tuning import tune_for_cpu_training
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -17,8 +17,8 @@ import torch
 from bench import baseline
 from fastgen.config import TrainConfig
 from fastgen.data import DeviceSplit
-from fastgen.compiled_step import build_step, describe
-from fastgen.steps import GANTrainer, VAETrainer
+from fastgen.training.compiled_step import build_step, describe
+from fastgen.training.trainers import GANTrainer, VAETrainer
 
 REPO = Path(__file__).resolve().parent.parent
 BATCH = {"gan": 32, "vae": 100}

@@ -6,10 +6,10 @@ in the warm-up round and are not measured.
 import pytest
 import torch
 
-from fastgen.compiled_step import build_step, describe
 from fastgen.config import TrainConfig
 from fastgen.environment import cpu_has_fast_bf16
-from fastgen.steps import GANTrainer, VAETrainer
+from fastgen.training.compiled_step import build_step, describe
+from fastgen.training.trainers import GANTrainer, VAETrainer
 
 STEPS = 20
 BATCH = {"gan": 64, "vae": 100}

@@ -1,42 +1,11 @@
-"""`python -m fastgen.compare [--epochs 10 50 200] [--quick]`: train and score the GAN and the VAE at the
-paper's checkpoints and write OUT/report.md. Runs already in OUT are continued and reused."""
-from __future__ import annotations
-
+"""`python -m fastgen.compare`: see fastgen/cli/compare.py. Importing this module keeps `fastgen.compare(...)` callable."""
 import sys
 
-from .cli import Parser, add_data_flags, config_arguments, non_negative_int, positive_int, run
-from .data import DATASETS
+from fastgen.cli.common import make_module_callable
+from fastgen.cli.compare import main
+from fastgen.comparison import compare
 
-
-def build_parser() -> Parser:
-    parser = Parser(prog="python -m fastgen.compare", description=__doc__)
-    parser.add_argument("--out", default="compare", help="output folder (default: compare)")
-    parser.add_argument("--epochs", type=positive_int, nargs="+", help="checkpoint epochs (default 10 50 200; quick 10 50)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: 1024 training images, 1000 scored samples, IWAE k=10")
-    parser.add_argument("--n", type=positive_int, help="generated samples scored per checkpoint (default 10000)")
-    parser.add_argument("--iwae-k", type=positive_int, help="VAE importance samples per test image (default 100)")
-    parser.add_argument("--train-images", type=positive_int, help="train on the first N training images only")
-    parser.add_argument("--seed", type=non_negative_int, default=0)
-    parser.add_argument("--dataset", choices=tuple(DATASETS), default="mnist")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    add_data_flags(parser)
-    return parser
-
-
-def _main(argv) -> None:
-    from .comparison import CompareConfig, compare
-
-    args = config_arguments(build_parser(), argv)
-    if args["epochs"] is not None:
-        args["epochs"] = tuple(args["epochs"])
-    print(compare(CompareConfig(**args)))
-
-
-def main(argv=None) -> int:
-    return run("fastgen.compare", _main, argv)
-
+make_module_callable(__name__, compare)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,13 +4,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from .data import DATASETS
-from .errors import FastgenError
-from .nn import KERNELS
+from fastgen.errors import FastgenError
 
 MODELS = ("gan", "vae")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_DTYPES = ("bf16", "fp16")
+KERNELS = ("auto", "triton", "eager")  # auto: Triton where it runs (CUDA), plain PyTorch ops elsewhere
+DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}  # name -> torchvision class / folder
 
 # Paper-code batch sizes; the GAN's Adam settings are the DCGAN ones (lr 2e-4, beta1 0.5), which
 # keep this MLP GAN's discriminator from saturating; the VAE uses Adam's defaults at lr 1e-3.
@@ -47,7 +47,7 @@ class TrainConfig:
     resume: Optional[str] = None  # a run folder to continue
     extra: dict = field(default_factory=dict)
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """A validated copy with the model's defaults filled in. Raises FastgenError naming the bad value."""
         if self.model is None:
             raise FastgenError("--model is required (gan or vae), unless --resume names a run")

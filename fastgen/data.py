@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError
+from fastgen.config import DATASETS
+from fastgen.errors import DataError
 
-DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}  # name -> torchvision class / folder
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -118,11 +118,11 @@ class DeviceSplit:
     low: float  # images are scaled to [low, 1]: -1 for the GAN's tanh, 0 for the VAE's Bernoulli targets
 
     @classmethod
-    def load(cls, dataset: str, split: str, device, low: float, data_dir=None, download: bool = True) -> "DeviceSplit":
+    def load(cls, dataset: str, split: str, device, low: float, data_dir=None, download: bool = True) -> DeviceSplit:
         images, labels = load_split(dataset, split, data_dir, download)
         return cls(images.to(device), labels.to(device), low)
 
-    def head(self, n: int | None) -> "DeviceSplit":
+    def head(self, n: int | None) -> DeviceSplit:
         """The first n images (all of them for None)."""
         return self if n is None else DeviceSplit(self.images[:n], self.labels[:n], self.low)
 

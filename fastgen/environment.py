@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import platform
-from functools import lru_cache
+from functools import cache
 
 import torch
 
-from .errors import FastgenError
+from fastgen.errors import FastgenError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -17,7 +17,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def cpu_has_fast_bf16() -> bool:
     """True where the CPU has native bf16 arithmetic (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
     try:
@@ -44,7 +44,7 @@ def device_name(device: torch.device) -> str:
 def versions() -> dict:
     import torchvision
 
-    from . import __version__
+    from fastgen.version import __version__
 
     found = {"fastgen": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
              "python": platform.python_version()}

@@ -1,40 +1,7 @@
-"""`python -m fastgen.sample RUN_DIR --n 64 --out grid.png`: a grid of samples from a trained run."""
-from __future__ import annotations
-
-import math
+"""`python -m fastgen.sample`: see fastgen/cli/sample.py."""
 import sys
 
-from .cli import Parser, non_negative_int, positive_int, run
-
-
-def _main(argv) -> None:
-    parser = Parser(prog="python -m fastgen.sample", description=__doc__)
-    parser.add_argument("run", help="a run folder or its model.safetensors")
-    parser.add_argument("--n", type=positive_int, default=64)
-    parser.add_argument("--seed", type=non_negative_int, default=None)
-    parser.add_argument("--out", default="grid.png")
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
-    parser.add_argument("--debug", action="store_true")
-    args = parser.parse_args(argv)
-
-    from torchvision.utils import save_image
-
-    from .checkpoint import load
-    from .environment import resolve_device
-    from .errors import FastgenError
-
-    model = load(args.run, device=resolve_device(args.device))
-    images = model.sample(args.n, seed=args.seed)
-    try:
-        save_image(images.cpu(), args.out, nrow=max(1, int(math.sqrt(args.n))), padding=2)
-    except (OSError, ValueError) as exc:
-        raise FastgenError(f"cannot write {args.out}: {exc}") from None
-    print(args.out)
-
-
-def main(argv=None) -> int:
-    return run("fastgen.sample", _main, argv)
-
+from fastgen.cli.sample import main
 
 if __name__ == "__main__":
     sys.exit(main())

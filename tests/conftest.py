@@ -44,7 +44,7 @@ def evaluator_cache(tmp_path_factory) -> Path:
     found = mnist_dir()
     if found is None:
         pytest.skip("real MNIST not found: set FASTGEN_TEST_DATA to a folder holding MNIST/raw/")
-    from fastgen.evaluator import load_evaluator
+    from fastgen.evaluation.classifier import load_evaluator
 
     root = tmp_path_factory.mktemp("xdg-cache")
     load_evaluator("mnist", data_dir=found, download=False, folder=root / "fastgen" / "evaluators")
@@ -53,7 +53,7 @@ def evaluator_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def evaluator(evaluator_cache):
-    from fastgen.evaluator import load_evaluator
+    from fastgen.evaluation.classifier import load_evaluator
 
     return load_evaluator("mnist", data_dir=mnist_dir(), download=False, folder=evaluator_cache / "fastgen" / "evaluators")
 

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from fastgen.compiled_step import CompiledStep, GraphedStep, build_step, describe
 from fastgen.config import TrainConfig
 from fastgen.data import DeviceSplit
-from fastgen.optim import DeviceLossScaler, StepAdam
-from fastgen.steps import GANTrainer, VAETrainer
+from fastgen.training.compiled_step import CompiledStep, GraphedStep, build_step, describe
+from fastgen.training.optim import DeviceLossScaler, StepAdam
+from fastgen.training.trainers import GANTrainer, VAETrainer
 
 TRAINERS = {"gan": GANTrainer, "vae": VAETrainer}
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -69,7 +69,7 @@ def test_a_step_that_cannot_compile_falls_back_to_eager_with_one_notice():
 
 
 def test_fallback_notices_stay_one_line_whatever_the_exception_says():
-    from fastgen.compiled_step import _describe
+    from fastgen.training.compiled_step import _describe
 
     assert _describe(RuntimeError()) == "RuntimeError"
     assert _describe(ValueError("first line\nsecond line")) == "ValueError: first line"

@@ -14,8 +14,8 @@ import fastgen
 _FAULTS_PER_STEP = """
 import resource, torch
 from fastgen.config import TrainConfig
-from fastgen.cpu_tuning import keep_freed_memory
-from fastgen.steps import VAETrainer
+from fastgen.training.cpu_tuning import keep_freed_memory
+from fastgen.training.trainers import VAETrainer
 assert keep_freed_memory()
 trainer = VAETrainer(TrainConfig(model="vae").resolved(), torch.device("cpu"))
 x = torch.rand(100, 784)

@@ -7,9 +7,9 @@ import torch
 
 from fastgen import VAE, Generator
 from fastgen.data import load_split
-from fastgen.evaluation import evaluate, reference_scores
-from fastgen.evaluator import Recipe, _accuracy, evaluator_path, load_evaluator
-from fastgen.vae_likelihood import iwae_nll, loss_per_image
+from fastgen.evaluation.classifier import Recipe, _accuracy, evaluator_path, load_evaluator
+from fastgen.evaluation.likelihood import iwae_nll, loss_per_image
+from fastgen.evaluation.scoring import evaluate, reference_scores
 from tests.test_cli import run_cli, train_cli
 
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from fastgen import metrics
+from fastgen.evaluation import metrics
 
 
 def _random_covariance(dim, seed):

@@ -4,7 +4,6 @@ import math
 import os
 
 import numpy as np
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -121,7 +120,7 @@ def test_keep_fraction_is_within_binomial_bounds(backend):
 def test_fallback_masks_use_every_16_bit_lane_and_round_p_to_2_to_the_minus_16():
     """The CPU fallback reads four 16-bit lanes from each 64-bit draw: each lane position must be
     uniform on its own (a draw that never sets the top bit would drop every fourth element at p=0.5)."""
-    from fastgen.ops.backend import cpu_backend
+    from fastgen.ops.dispatch import cpu_backend
     from fastgen.ops.rng import DROP_RESOLUTION
 
     with cpu_backend("eager"):

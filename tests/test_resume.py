@@ -7,11 +7,11 @@ import torch
 from safetensors.torch import load_file
 
 import fastgen
-from fastgen import run_state
-from fastgen.checkpoint import atomic_write_text
 from fastgen.errors import FastgenError
-from fastgen.steps import GANTrainer
-from fastgen.training import Interrupted
+from fastgen.models.weights import atomic_write_text
+from fastgen.training import checkpoint as run_state
+from fastgen.training.run import Interrupted
+from fastgen.training.trainers import GANTrainer
 from tests.test_cli import run_cli
 
 
@@ -141,7 +141,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
             handle.write("half")
         raise OSError("disk full")
 
-    from fastgen.checkpoint import atomic_write
+    from fastgen.models.weights import atomic_write
 
     with pytest.raises(OSError):
         atomic_write(path, broken)
@@ -178,7 +178,7 @@ def _rss_mib() -> float:
 
 def test_memory_is_flat_across_many_short_epochs(tmp_path, monkeypatch):
     """60 epochs of 2 steps on a tiny split: resident memory after epoch 60 within 25 MiB of epoch 10."""
-    from fastgen.outputs import RunWriter
+    from fastgen.training.run_files import RunWriter
     from tests.test_data import write_split
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

@@ -6,7 +6,7 @@ import torch
 import fastgen
 from fastgen.config import TrainConfig
 from fastgen.data import DeviceSplit
-from fastgen.steps import GANTrainer, VAETrainer
+from fastgen.training.trainers import GANTrainer, VAETrainer
 
 
 def _losses(trainer, split, batch_size, steps, seed=0):

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from .backend import define_op, launcher, triton_runs_on
-from .reference import bce_kl_loss_reference
-from .validation import check_same, check_shape, check_tensor
+from fastgen.ops.dispatch import define_op, launcher, triton_runs_on
+from fastgen.ops.reference import bce_kl_loss_reference
+from fastgen.ops.validation import check_same, check_shape, check_tensor
 
 _MAX_BLOCK = 1024
 
@@ -21,7 +21,7 @@ def _forward(logits: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logva
     """Per-image loss in float32; all inputs contiguous, logits/target (B, D), mu/logvar (B, L)."""
     if not triton_runs_on(logits.device):
         return bce_kl_loss_reference(logits, target, mu, logvar, reduction="none")
-    from .triton_latent import bce_kl_fwd_kernel as kernel
+    from fastgen.ops.triton.bce_kl_loss import bce_kl_fwd_kernel as kernel
 
     B, D = logits.shape
     loss = torch.empty(B, dtype=torch.float32, device=logits.device)
@@ -39,7 +39,7 @@ def _backward_op(grad_loss: torch.Tensor, logits: torch.Tensor, target: torch.Te
         grad_mu = (g * mu.float()).to(mu.dtype)
         grad_logvar = (g * 0.5 * (logvar.float().exp() - 1.0)).to(logvar.dtype)
         return grad_logits, grad_mu, grad_logvar
-    from .triton_latent import bce_kl_bwd_kernel as kernel
+    from fastgen.ops.triton.bce_kl_loss import bce_kl_bwd_kernel as kernel
 
     B, D = logits.shape
     grad_logits, grad_mu, grad_logvar = torch.empty_like(logits), torch.empty_like(mu), torch.empty_like(logvar)

@@ -6,9 +6,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .backend import define_op, launcher, triton_runs_on
-from .rng import check_p, dropout_scale, eager_keep_mask, philox_key, random_seed
-from .validation import check_same, check_slope, check_tensor
+from fastgen.ops.dispatch import define_op, launcher, triton_runs_on
+from fastgen.ops.rng import check_p, dropout_scale, eager_keep_mask, philox_key, random_seed
+from fastgen.ops.validation import check_same, check_slope, check_tensor
 
 
 def _input_precision(dtype: torch.dtype) -> str:
@@ -24,7 +24,7 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
         if p > 0.0:
             y = y * eager_keep_mask(key, list(y.shape), p).to(y.dtype) * dropout_scale(p)
         return y
-    from .triton_linear import linear_leaky_relu_dropout_fwd_kernel as kernel
+    from fastgen.ops.triton.linear_leaky_relu_dropout import linear_leaky_relu_dropout_fwd_kernel as kernel
 
     M, K = x.shape
     N = weight.shape[0]
@@ -52,7 +52,7 @@ def _grad_pre_activation(grad_y: torch.Tensor, y: torch.Tensor, key: torch.Tenso
         if p > 0.0:
             grad_pre = grad_pre * eager_keep_mask(key, list(y.shape), p).to(grad_pre.dtype) * dropout_scale(p)
         return grad_pre
-    from .triton_linear import linear_leaky_relu_dropout_bwd_kernel as kernel
+    from fastgen.ops.triton.linear_leaky_relu_dropout import linear_leaky_relu_dropout_bwd_kernel as kernel
 
     grad_pre = torch.empty_like(y)
     n = y.numel()

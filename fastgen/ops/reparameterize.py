@@ -5,9 +5,9 @@ from typing import Optional
 
 import torch
 
-from .backend import define_op, launcher, triton_runs_on
-from .rng import eager_normal, philox_key, random_seed
-from .validation import check_same, check_shape, check_tensor
+from fastgen.ops.dispatch import define_op, launcher, triton_runs_on
+from fastgen.ops.rng import eager_normal, philox_key, random_seed
+from fastgen.ops.validation import check_same, check_shape, check_tensor
 
 _BLOCK = 1024
 
@@ -24,7 +24,7 @@ def _noise(eps, key, like):
 def _forward(mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor], key: torch.Tensor) -> torch.Tensor:
     if not triton_runs_on(mu.device):
         return mu + torch.exp(0.5 * logvar) * _noise(eps, key, mu)
-    from .triton_latent import reparameterize_fwd_kernel as kernel
+    from fastgen.ops.triton.reparameterize import reparameterize_fwd_kernel as kernel
 
     z = torch.empty_like(mu)
     if mu.numel():
@@ -37,7 +37,7 @@ def _forward(mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor]
 def _grad_logvar(grad_z: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor], key: torch.Tensor) -> torch.Tensor:
     if not triton_runs_on(logvar.device):
         return 0.5 * grad_z * torch.exp(0.5 * logvar) * _noise(eps, key, logvar)
-    from .triton_latent import reparameterize_bwd_kernel as kernel
+    from fastgen.ops.triton.reparameterize import reparameterize_bwd_kernel as kernel
 
     grad_logvar = torch.empty_like(logvar)
     if logvar.numel():

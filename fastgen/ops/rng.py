@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .backend import triton_runs_on
+from fastgen.ops.dispatch import triton_runs_on
 
 _MASK64 = (1 << 64) - 1
 
@@ -122,7 +122,7 @@ def keep_mask(key: torch.Tensor, shape, p: float) -> torch.Tensor:
     shape = list(shape)
     if p == 0.0 or not triton_runs_on(key.device):
         return eager_keep_mask(key, shape, p)
-    from .triton_random import keep_mask_kernel
+    from fastgen.ops.triton.philox import keep_mask_kernel
 
     out = torch.empty(shape, dtype=torch.uint8, device=key.device)
     return _launch_elementwise(keep_mask_kernel, key, out, p)
@@ -133,7 +133,7 @@ def normal(key: torch.Tensor, shape, dtype: torch.dtype) -> torch.Tensor:
     shape = list(shape)
     if not triton_runs_on(key.device):
         return eager_normal(key, shape).to(dtype)
-    from .triton_random import normal_kernel
+    from fastgen.ops.triton.philox import normal_kernel
 
     out = torch.empty(shape, dtype=torch.float32, device=key.device)
     return _launch_elementwise(normal_kernel, key, out).to(dtype)

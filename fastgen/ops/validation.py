@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .backend import TRITON_DTYPES, triton_runs_on
+from fastgen.ops.dispatch import TRITON_DTYPES, triton_runs_on
 
 
 def check_tensor(name: str, t, *, ndim: int | None = None) -> torch.Tensor:

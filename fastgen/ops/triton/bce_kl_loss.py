@@ -1,42 +1,6 @@
-"""Triton kernels for the VAE's latent ops: the reparameterisation and the BCE + KL loss."""
+"""Triton kernels for `bce_kl_loss`: one program per image, forward and backward each in one pass."""
 import triton
 import triton.language as tl
-
-from .triton_random import philox_normal
-
-
-@triton.jit
-def _load_latent(logvar_ptr, eps_ptr, key_ptr, offs, in_bounds, HAS_EPS: tl.constexpr):
-    """logvar and eps (given, or regenerated from the key) as float32 blocks."""
-    logvar = tl.load(logvar_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
-    if HAS_EPS:
-        eps = tl.load(eps_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
-    else:
-        eps = philox_normal(key_ptr, offs)
-    return logvar, eps
-
-
-@triton.jit
-def reparameterize_fwd_kernel(mu_ptr, logvar_ptr, eps_ptr, key_ptr, z_ptr, n_elements,
-                              HAS_EPS: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    in_bounds = offs < n_elements
-    mu = tl.load(mu_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
-    logvar, eps = _load_latent(logvar_ptr, eps_ptr, key_ptr, offs, in_bounds, HAS_EPS)
-    z = mu + tl.exp(0.5 * logvar) * eps
-    tl.store(z_ptr + offs, z.to(z_ptr.dtype.element_ty), mask=in_bounds)
-
-
-@triton.jit
-def reparameterize_bwd_kernel(grad_z_ptr, logvar_ptr, eps_ptr, key_ptr, grad_logvar_ptr, n_elements,
-                              HAS_EPS: tl.constexpr, BLOCK: tl.constexpr):
-    # dz/dmu = 1 (the gradient passes through); dz/dlogvar = 0.5 * exp(0.5 * logvar) * eps, eps regenerated.
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    in_bounds = offs < n_elements
-    g = tl.load(grad_z_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
-    logvar, eps = _load_latent(logvar_ptr, eps_ptr, key_ptr, offs, in_bounds, HAS_EPS)
-    grad_logvar = 0.5 * g * tl.exp(0.5 * logvar) * eps
-    tl.store(grad_logvar_ptr + offs, grad_logvar.to(grad_logvar_ptr.dtype.element_ty), mask=in_bounds)
 
 
 @triton.jit

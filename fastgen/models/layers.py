@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .ops import linear_leaky_relu_dropout, reparameterize, triton_runs_on
-from .ops.reference import linear_leaky_relu_dropout_reference, reparameterize_reference
-from .ops.rng import check_p, keep_mask, normal, philox_key, random_seed
-from .ops.validation import check_slope
+from fastgen.ops import linear_leaky_relu_dropout, reparameterize, triton_runs_on
+from fastgen.ops.reference import linear_leaky_relu_dropout_reference, reparameterize_reference
+from fastgen.ops.rng import check_p, keep_mask, normal, philox_key, random_seed
+from fastgen.ops.validation import check_slope
 
 KERNELS = ("auto", "triton", "eager")
 

@@ -12,7 +12,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from .models import IMAGE_PIXELS
+from fastgen.models.networks import IMAGE_PIXELS
 
 MAX_IWAE_K = 5000
 _LOG_2PI = math.log(2 * math.pi)

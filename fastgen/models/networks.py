@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .nn import LinearLeakyReLUDropout, Reparameterize, use_fused_ops
-from .ops import bce_kl_loss
-from .ops.reference import bce_kl_loss_reference, kl_to_standard_normal
+from fastgen.models.layers import LinearLeakyReLUDropout, Reparameterize, use_fused_ops
+from fastgen.ops import bce_kl_loss
+from fastgen.ops.reference import bce_kl_loss_reference, kl_to_standard_normal
 
 IMAGE_SHAPE = (1, 28, 28)
 IMAGE_PIXELS = 784

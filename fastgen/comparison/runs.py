@@ -16,15 +16,16 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import run_state
-from .checkpoint import WEIGHTS_FILE, atomic_write, atomic_write_text
-from .config import TrainConfig
-from .distributed import launched_by_torchrun
-from .environment import device_name, resolve_device
-from .errors import FastgenError
-from .evaluation import eval_path, evaluate, reference_scores
-from .evaluator import load_evaluator
-from .training import Interrupted, train
+from fastgen.config import TrainConfig
+from fastgen.environment import device_name, resolve_device
+from fastgen.errors import FastgenError
+from fastgen.evaluation.classifier import load_evaluator
+from fastgen.evaluation.scoring import eval_path, evaluate, reference_scores
+from fastgen.files import atomic_write, atomic_write_text
+from fastgen.models.weights import WEIGHTS_FILE
+from fastgen.training import checkpoint as run_state
+from fastgen.training.distributed import launched_by_torchrun
+from fastgen.training.run import Interrupted, train
 
 MODELS = ("gan", "vae")
 # --quick: a smoke test of the whole pipeline (minutes on a CPU), not a result to quote.
@@ -48,7 +49,7 @@ class CompareConfig:
     download: bool = True
     quiet: bool = False
 
-    def resolved(self) -> "CompareConfig":
+    def resolved(self) -> CompareConfig:
         values = asdict(self)
         for key, value in (QUICK if self.quick else FULL).items():
             if values[key] is None:
@@ -139,7 +140,7 @@ def _read_metrics(run_dir: Path) -> list[dict]:
 
 def compare(config: CompareConfig) -> Path:
     """Run the comparison as `config` says; return the path of report.md."""
-    from .report import write_report
+    from fastgen.comparison.report import write_report
 
     if launched_by_torchrun():
         raise FastgenError("fastgen.compare runs as one process (train a run with torchrun, then compare in one process)")

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import torch
 
-from . import metrics, vae_likelihood
-from .checkpoint import load, read_weights
-from .data import load_split
-from .environment import resolve_device
-from .evaluator import Evaluator, load_evaluator, to_unit
-from .errors import FastgenError
-from .models import VAE
+from fastgen.data import load_split
+from fastgen.environment import resolve_device
+from fastgen.errors import FastgenError
+from fastgen.evaluation import likelihood, metrics
+from fastgen.evaluation.classifier import Evaluator, load_evaluator, to_unit
+from fastgen.models.networks import VAE
+from fastgen.models.weights import load, read_weights
 
 DEFAULT_N = 10_000
 PR_NEIGHBOURS = 3  # k of the k-NN radii, as in Kynkäänniemi et al. (2019)
@@ -82,8 +82,8 @@ def evaluate(model_or_path, n: int = DEFAULT_N, *, iwae_k: int = 100, seed: int 
     """
     if n <= PR_NEIGHBOURS:
         raise FastgenError(f"--n must be larger than {PR_NEIGHBOURS}, got {n}")
-    if not 1 <= iwae_k <= vae_likelihood.MAX_IWAE_K:
-        raise FastgenError(f"--iwae-k must be in [1, {vae_likelihood.MAX_IWAE_K}], got {iwae_k}")
+    if not 1 <= iwae_k <= likelihood.MAX_IWAE_K:
+        raise FastgenError(f"--iwae-k must be in [1, {likelihood.MAX_IWAE_K}], got {iwae_k}")
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     model, dataset = _model_and_dataset(model_or_path, device, dataset)
     if evaluator is None:
@@ -99,8 +99,8 @@ def evaluate(model_or_path, n: int = DEFAULT_N, *, iwae_k: int = 100, seed: int 
     }
     if is_vae:
         test_images = _test_split(evaluator, data_dir, download)[0].to(device)
-        result["test_loss"] = vae_likelihood.loss_per_image(model, test_images, seed)
-        result["iwae_nll"] = vae_likelihood.iwae_nll(model, test_images, k=iwae_k, seed=seed)
+        result["test_loss"] = likelihood.loss_per_image(model, test_images, seed)
+        result["iwae_nll"] = likelihood.iwae_nll(model, test_images, k=iwae_k, seed=seed)
         result["iwae_k"] = iwae_k
     if reference:
         result["reference"] = reference_scores(evaluator, n, seed, data_dir, download)

@@ -8,18 +8,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import WEIGHTS_FILE, atomic_write_text, save_weights
-from .errors import FastgenError
-
-
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend (no display needed), imported on first use."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from fastgen.errors import FastgenError
+from fastgen.files import atomic_write_text
+from fastgen.models.weights import WEIGHTS_FILE, save_weights
+from fastgen.plotting import pyplot
 
 
 def default_out(model: str) -> Path:

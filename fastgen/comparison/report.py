@@ -7,11 +7,12 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .checkpoint import atomic_write_text, load
-from .comparison import MODELS, snapshot_path
-from .evaluation import HIGHER_IS_BETTER, SCORE_NAMES
-from .outputs import pyplot
+from fastgen.comparison.runs import MODELS, snapshot_path
+from fastgen.evaluation.scoring import HIGHER_IS_BETTER, SCORE_NAMES
+from fastgen.files import atomic_write_text
+from fastgen.models.weights import load
+from fastgen.plotting import pyplot
+from fastgen.version import __version__
 
 LABELS = {"frechet_distance": "Fréchet distance", "inception_style_score": "IS-style score",
           "class_kl_to_uniform": "class KL to uniform", "precision": "precision", "recall": "recall"}

@@ -6,9 +6,9 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from . import vae_likelihood
-from .models import VAE, Discriminator, Generator
-from .optim import DeviceLossScaler, StepAdam
+from fastgen.evaluation import likelihood
+from fastgen.models.networks import VAE, Discriminator, Generator
+from fastgen.training.optim import DeviceLossScaler, StepAdam
 
 
 def apply_update(loss: torch.Tensor, params, optimizer: StepAdam, scaler: DeviceLossScaler | None,
@@ -101,7 +101,7 @@ class VAETrainer:
     @torch.no_grad()
     def test_loss(self, split, seed: int) -> float:
         """Mean per-image loss over a split, eps drawn from a fixed key so epochs compare like for like."""
-        return vae_likelihood.loss_per_image(self.vae, split.images, seed, autocast=self.autocast)
+        return likelihood.loss_per_image(self.vae, split.images, seed, autocast=self.autocast)
 
     def train(self, mode: bool = True) -> None:
         self.vae.train(mode)

@@ -1,10 +1,12 @@
-"""Command-line plumbing shared by fastgen's entry points: one-line errors, exit code 2."""
+"""Command-line plumbing shared by fastgen's entry points: one-line errors, exit code 2, the common flags."""
 from __future__ import annotations
 
 import argparse
 import sys
+import types
 
-from .errors import FastgenError
+from fastgen.config import DEVICES
+from fastgen.errors import FastgenError
 
 EXIT_USAGE = 2
 
@@ -37,6 +39,10 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="folder holding MNIST/raw/ (or FashionMNIST/raw/) IDX files")
     parser.add_argument("--no-download", action="store_true", help="never download; fail if the data is not found")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available, else the CPU")
 
 
 def config_arguments(parser: argparse.ArgumentParser, argv) -> dict:
@@ -74,3 +80,17 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args, **kwargs):
+        return self.function(*args, **kwargs)
+
+
+def make_module_callable(name: str, function) -> None:
+    """`import fastgen.train` rebinds the attribute `fastgen.train` from the function to the module of the
+    same name; calling that module calls the function, so `fastgen.train(config)` works either way."""
+    if name != "__main__":
+        module = sys.modules[name]
+        module.__class__ = _CallableModule
+        module.function = function

@@ -7,12 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from . import __version__
-from .checkpoint import FORMAT_VERSION, atomic_write
-from .errors import FastgenError
+from fastgen.errors import FastgenError
+from fastgen.files import read_checked_safetensors, write_checked_safetensors
+from fastgen.models.weights import FORMAT_VERSION
+from fastgen.version import __version__
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 
@@ -43,7 +42,7 @@ def trainer_tensors(trainer) -> dict[str, torch.Tensor]:
 def save(path: Path, trainer, position: Position, sums: torch.Tensor, data_gen_state: torch.Tensor,
          config: dict, metrics: list[dict], model: str) -> None:
     """Write the checkpoint; `data_gen_state` is the data generator's state at the start of `position.epoch`."""
-    tensors = {key: value.detach().cpu().contiguous() for key, value in trainer_tensors(trainer).items()}
+    tensors = trainer_tensors(trainer)
     tensors["rng.torch_cpu"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng.torch_cuda"] = torch.cuda.get_rng_state()
@@ -52,7 +51,7 @@ def save(path: Path, trainer, position: Position, sums: torch.Tensor, data_gen_s
     metadata = {"fastgen_format": FORMAT_VERSION, "fastgen_version": __version__, "model": model, "dataset": config["dataset"],
                 "config": json.dumps(config), "metrics": json.dumps(metrics),
                 "position": json.dumps(position.__dict__)}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    write_checked_safetensors(path, tensors, metadata)
 
 
 @dataclass
@@ -67,22 +66,20 @@ def load(run_dir) -> Checkpoint:
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.is_file():
         raise FastgenError(f"--resume {run_dir}: no {CHECKPOINT_FILE} there (not a fastgen run, or it never finished a step)")
+    tensors, metadata = read_checked_safetensors(path, "checkpoint")
+    if metadata.get("fastgen_format") != FORMAT_VERSION:
+        raise FastgenError(f"{path} has checkpoint format {metadata.get('fastgen_format')!r}; "
+                           f"this fastgen reads format {FORMAT_VERSION}")
+    saved_version = metadata.get("fastgen_version", "?")
+    if saved_version.split(".")[:2] != __version__.split(".")[:2]:
+        # Optimizer and RNG semantics may change between minor versions: an exact resume is not promised.
+        raise FastgenError(f"{path} was written by fastgen {saved_version}; this is fastgen {__version__}, "
+                           "which resumes only runs of the same minor version")
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        if metadata.get("fastgen_format") != FORMAT_VERSION:
-            raise FastgenError(f"{path} has checkpoint format {metadata.get('fastgen_format')!r}; "
-                               f"this fastgen reads format {FORMAT_VERSION}")
-        saved_version = metadata.get("fastgen_version", "?")
-        if saved_version.split(".")[:2] != __version__.split(".")[:2]:
-            # Optimizer and RNG semantics may change between minor versions: an exact resume is not promised.
-            raise FastgenError(f"{path} was written by fastgen {saved_version}; this is fastgen {__version__}, "
-                               "which resumes only runs of the same minor version")
         return Checkpoint(tensors, json.loads(metadata["config"]), json.loads(metadata["metrics"]),
                           Position(**json.loads(metadata["position"])))
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise FastgenError(f"{path} is truncated or corrupt ({type(exc).__name__}: {str(exc)[:120]}); "
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FastgenError(f"{path} is not a fastgen checkpoint ({type(exc).__name__}: {str(exc)[:120]}); "
                            "it cannot be resumed") from None
 
 

@@ -1,56 +1,24 @@
-"""Weights as safetensors, written atomically; loading never unpickles anything."""
+"""A trained model's weights as one safetensors file (written atomically, checksummed); `load` rebuilds
+the network from it. Loading never unpickles anything."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 
-from .errors import FastgenError
+from fastgen.errors import FastgenError
+from fastgen.files import read_checked_safetensors, write_checked_safetensors
 
 WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = "1"
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), fsync, then rename over `path`: a crash leaves the old file intact."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    def write(tmp):
-        with open(tmp, "w") as handle:
-            handle.write(text)
-
-    atomic_write(path, write)
+FORMAT_VERSION = "2"  # 2: every file carries a SHA-256 of its bytes
 
 
 def save_weights(path: Path, modules: dict[str, torch.nn.Module], model: str, config: dict) -> None:
     """All modules' state (weights and buffers) under '<name>.' prefixes, with the config as metadata."""
-    tensors = {f"{name}.{key}": value.detach().cpu().contiguous()
-               for name, module in modules.items() for key, value in module.state_dict().items()}
+    tensors = {f"{name}.{key}": value for name, module in modules.items() for key, value in module.state_dict().items()}
     metadata = {"fastgen_format": FORMAT_VERSION, "model": model, "config": json.dumps(config)}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    write_checked_safetensors(path, tensors, metadata)
 
 
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -60,12 +28,7 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         path = path / WEIGHTS_FILE
     if not path.is_file():
         raise FastgenError(f"no fastgen weights at {path}")
-    try:
-        tensors = load_file(str(path))
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise FastgenError(f"{path} is not a readable safetensors file ({exc}); it may be truncated or corrupt") from None
+    tensors, metadata = read_checked_safetensors(path, "fastgen weights file")
     if metadata.get("fastgen_format") != FORMAT_VERSION or metadata.get("model") not in ("gan", "vae"):
         raise FastgenError(f"{path} is not a fastgen weights file (format {metadata.get('fastgen_format')!r})")
     return tensors, metadata
@@ -76,7 +39,7 @@ def load(path, device="cpu", kernels: str = "auto") -> torch.nn.Module:
 
     GAN runs give the Generator; VAE runs give the VAE.
     """
-    from .models import VAE, Generator
+    from fastgen.models.networks import VAE, Generator
 
     tensors, metadata = read_weights(path)
     model, prefix = (Generator(kernels), "generator.") if metadata["model"] == "gan" else (VAE(kernels), "vae.")

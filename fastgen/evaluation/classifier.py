@@ -20,9 +20,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from .checkpoint import atomic_write, atomic_write_text
-from .data import cache_dir, load_split
-from .errors import FastgenError
+from fastgen.data import cache_dir, load_split
+from fastgen.errors import FastgenError
+from fastgen.files import atomic_write, atomic_write_text
 
 FEATURES = 128  # width of the penultimate layer the Fréchet distance and precision/recall use
 
@@ -69,7 +69,7 @@ class Evaluator:
     sha256: str  # of the cached weights file
     path: Path
 
-    def to(self, device) -> "Evaluator":
+    def to(self, device) -> Evaluator:
         self.network.to(device)
         return self
 

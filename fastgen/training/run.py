@@ -13,16 +13,17 @@ from contextlib import contextmanager
 import torch
 from tqdm import tqdm
 
-from . import distributed, run_state
-from .compiled_step import build_step, describe
-from .config import TrainConfig
-from .cpu_tuning import tune_for_cpu_training
-from .data import DeviceSplit
-from .environment import cpu_has_fast_bf16, device_name, resolve_device, versions
-from .errors import FastgenError
-from .ops import triton_runs_on
-from .outputs import RunWriter, default_out, prepare_out
-from .steps import GANTrainer, VAETrainer
+from fastgen.config import TrainConfig
+from fastgen.data import DeviceSplit
+from fastgen.environment import cpu_has_fast_bf16, device_name, resolve_device, versions
+from fastgen.errors import FastgenError
+from fastgen.ops import triton_runs_on
+from fastgen.training import checkpoint as run_state
+from fastgen.training import distributed
+from fastgen.training.compiled_step import build_step, describe
+from fastgen.training.cpu_tuning import tune_for_cpu_training
+from fastgen.training.run_files import RunWriter, default_out, prepare_out
+from fastgen.training.trainers import GANTrainer, VAETrainer
 
 _POSTFIX_EVERY = 50  # steps between progress-bar loss readouts (each one is a host sync)
 

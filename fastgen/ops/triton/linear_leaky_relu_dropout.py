@@ -8,8 +8,8 @@ the two matmuls that follow go to cuBLAS through torch.
 import triton
 import triton.language as tl
 
-from .backend import TRITON_INTERPRET
-from .triton_random import philox_keep
+from fastgen.ops.dispatch import TRITON_INTERPRET
+from fastgen.ops.triton.philox import philox_keep
 
 if TRITON_INTERPRET:  # the numpy interpreter: one large tile, no tuning
     _CONFIGS = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8})]

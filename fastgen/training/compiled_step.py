@@ -7,7 +7,7 @@ and training goes on.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from .errors import FastgenError
+from fastgen.errors import FastgenError
 
 _RANK_STRIDE = 0x2545F4914F6CDD1D  # an odd 62-bit constant: rank r offsets seeds by r times it
 _SEED_MASK = (1 << 62) - 1

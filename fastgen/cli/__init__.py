@@ -1,0 +1,1 @@
+"""Command lines: argument parsing only; each calls the library function that does the work."""

@@ -1,0 +1,1 @@
+"""Triton kernels, one module per op, and the Philox draws they share."""
