@@ -26,13 +26,19 @@ def cache_dir() -> Path:
     return Path(base) / "fastgen"
 
 
-def search_dirs(dataset: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Where to look, in order: --data-dir, $FASTGEN_DATA, the cache folder, and Debian's Fashion-MNIST."""
-    dirs = [Path(d) for d in (data_dir, os.environ.get("FASTGEN_DATA")) if d]
+def search_dirs(dataset: str) -> list[Path]:
+    """Where fastgen looks when no --data-dir is given, in order: $FASTGEN_DATA, the cache folder, and
+    (Fashion-MNIST) Debian's package folder."""
+    dirs = [Path(d) for d in (os.environ.get("FASTGEN_DATA"),) if d]
     dirs.append(cache_dir() / "data")
     if dataset == "fashion-mnist":
         dirs.append(DEBIAN_FASHION_MNIST)
     return dirs
+
+
+def find_data_dir(dataset: str, split: str = "train") -> Path | None:
+    """The first folder of the search order that holds this dataset's split, or None."""
+    return next((root for root in search_dirs(dataset) if _has_split(root, dataset, split)), None)
 
 
 def _find_file(root: Path, folder: str, name: str) -> Path | None:
@@ -62,9 +68,16 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
+def _split_paths(root: Path, dataset: str, split: str) -> list[Path | None]:
+    return [_find_file(root, DATASETS[dataset], name) for name in SPLIT_FILES[split]]
+
+
+def _has_split(root: Path, dataset: str, split: str) -> bool:
+    return None not in _split_paths(root, dataset, split)
+
+
 def _read_split(root: Path, dataset: str, split: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    folder = DATASETS[dataset]
-    paths = [_find_file(root, folder, name) for name in SPLIT_FILES[split]]
+    paths = _split_paths(root, dataset, split)
     if None in paths:
         return None
     images, labels = read_idx(paths[0], 3), read_idx(paths[1], 1)
@@ -84,29 +97,42 @@ def _download(dataset: str, root: Path) -> None:
 
 
 def load_split(dataset: str, split: str, data_dir=None, download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images uint8 (N, 28, 28), labels int64 (N,)) on the CPU, from the first place that has them."""
+    """(images uint8 (N, 28, 28), labels int64 (N,)) on the CPU.
+
+    An explicit `data_dir` is the only place looked at: it must exist, and it must hold the split
+    (or receive the download). Without one, the search order of `search_dirs` applies, then the
+    download into the cache folder."""
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
-    dirs = search_dirs(dataset, data_dir)
+    if data_dir is not None:
+        data_dir = Path(data_dir)
+        if not data_dir.is_dir():
+            raise DataError(f"--data-dir {data_dir} does not exist or is not a folder")
+        dirs, target = [data_dir], data_dir
+    else:
+        dirs, target = search_dirs(dataset), cache_dir() / "data"
     for root in dirs:
         found = _read_split(root, dataset, split)
         if found is not None:
             return found
     tried = ", ".join(str(d) for d in dirs)
+    wanted = f"a folder holding {DATASETS[dataset]}/raw/ with the IDX files"
     if download:
-        target = cache_dir() / "data"
         try:
             _download(dataset, target)
         except Exception as exc:  # any network or disk failure ends in the one message below
             reason = " ".join(str(exc).split())[:200]  # torchvision's message spans lines
             raise DataError(
                 f"{dataset} {split} split not found in {tried}, and downloading it failed ({type(exc).__name__}: {reason}); "
-                f"put the IDX files in one of those folders or pass --data-dir") from None
+                f"put the IDX files there ({wanted})") from None
         found = _read_split(target, dataset, split)
         if found is not None:
             return found
-    raise DataError(f"{dataset} {split} split not found in {tried}; pass --data-dir DIR (a folder holding "
-                    f"{DATASETS[dataset]}/raw/ with the IDX files), set FASTGEN_DATA, or allow the download")
+    if data_dir is not None:
+        raise DataError(f"--data-dir {data_dir} holds no {dataset} {split} split ({wanted}); "
+                        "fix the path, or leave --data-dir out to use $FASTGEN_DATA or the cache")
+    raise DataError(f"{dataset} {split} split not found in {tried}; pass --data-dir DIR ({wanted}), "
+                    "set FASTGEN_DATA, or allow the download")
 
 
 @dataclass

@@ -63,12 +63,17 @@ def reference_scores(evaluator: Evaluator, n: int = DEFAULT_N, seed: int = 0, da
     }
 
 
-def _model_and_dataset(model_or_path, device: torch.device, dataset: str | None):
+def _model_and_data(model_or_path, device: torch.device, dataset: str | None, data_dir):
+    """The model in eval mode, its dataset, and where to read that dataset: `data_dir` if given, else the
+    folder the run was trained from (recorded in its weights) while it still exists, else the search order."""
     if isinstance(model_or_path, torch.nn.Module):
-        return model_or_path.to(device).eval(), dataset or "mnist"
+        return model_or_path.to(device).eval(), dataset or "mnist", data_dir
     _, metadata = read_weights(model_or_path)
     config = json.loads(metadata.get("config", "{}"))
-    return load(model_or_path, device=device), dataset or config.get("dataset", "mnist")
+    recorded = config.get("data_dir")
+    if data_dir is None and recorded and Path(recorded).is_dir():
+        data_dir = recorded
+    return load(model_or_path, device=device), dataset or config.get("dataset", "mnist"), data_dir
 
 
 def evaluate(model_or_path, n: int = DEFAULT_N, *, iwae_k: int = 100, seed: int = 0, device: str = "auto",
@@ -85,7 +90,7 @@ def evaluate(model_or_path, n: int = DEFAULT_N, *, iwae_k: int = 100, seed: int 
     if not 1 <= iwae_k <= likelihood.MAX_IWAE_K:
         raise FastgenError(f"--iwae-k must be in [1, {likelihood.MAX_IWAE_K}], got {iwae_k}")
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    model, dataset = _model_and_dataset(model_or_path, device, dataset)
+    model, dataset, data_dir = _model_and_data(model_or_path, device, dataset, data_dir)
     if evaluator is None:
         evaluator = load_evaluator(dataset, data_dir=data_dir, download=download)
     elif evaluator.dataset != dataset:

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -116,6 +117,8 @@ def _train(config: TrainConfig) -> dict:
     if config.resume is not None:
         config, checkpoint = _resumed_config(config)
     config = config.resolved()
+    if config.data_dir is not None:  # recorded absolute, so that evaluating the run later finds it
+        config.data_dir = str(Path(config.data_dir).resolve())
     group, device_choice = distributed.init(config.device)
     device = resolve_device(device_choice)
     is_main = group is None or group.is_main
