@@ -60,7 +60,8 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         raise DataError(f"{path} is truncated: {len(raw)} bytes, shorter than its IDX header")
     magic = int.from_bytes(raw[:4], "big")
     if magic != _IDX_MAGIC[ndim]:
-        raise DataError(f"{path} is not an IDX file of {ndim}-D unsigned bytes (magic {magic:#010x}, expected {_IDX_MAGIC[ndim]:#010x})")
+        raise DataError(f"{path} is not an IDX file of {ndim}-D unsigned bytes "
+                        f"(magic {magic:#010x}, expected {_IDX_MAGIC[ndim]:#010x})")
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     expected = header + int(np.prod(shape))
     if len(raw) != expected:

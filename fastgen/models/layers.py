@@ -4,18 +4,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastgen.ops import linear_leaky_relu_dropout, reparameterize, triton_runs_on
-from fastgen.ops.reference import linear_leaky_relu_dropout_reference, reparameterize_reference
-from fastgen.ops.rng import check_p, keep_mask, normal, philox_key, random_seed
+from fastgen.config import KERNELS
+from fastgen.ops import linear_leaky_relu_dropout, reparameterize
+from fastgen.ops.rng import check_p, random_seed
 from fastgen.ops.validation import check_slope
-
-KERNELS = ("auto", "triton", "eager")
-
-
-def use_fused_ops(kernels: str, device: torch.device) -> bool:
-    """`auto` takes the fused ops where Triton runs; elsewhere plain PyTorch ops measure faster (fewer
-    custom-op dispatches per layer), with the very same dropout masks and noise."""
-    return kernels == "triton" or (kernels == "auto" and triton_runs_on(device))
 
 
 def new_philox_key() -> torch.Tensor:
@@ -52,10 +44,8 @@ class LinearLeakyReLUDropout(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.p if self.training else 0.0
         key = next_key(self.philox_key) if p > 0.0 else None
-        if not use_fused_ops(self.kernels, x.device):
-            mask = keep_mask(key, (*x.shape[:-1], self.out_features), p) if key is not None else None
-            return linear_leaky_relu_dropout_reference(x, self.weight, self.bias, self.negative_slope, mask, p)
-        return linear_leaky_relu_dropout(x, self.weight, self.bias, negative_slope=self.negative_slope, p=p, seed=key)
+        return linear_leaky_relu_dropout(x, self.weight, self.bias, negative_slope=self.negative_slope, p=p, seed=key,
+                                         kernels=self.kernels)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, negative_slope={self.negative_slope}, p={self.p}, kernels={self.kernels}"
@@ -71,6 +61,4 @@ class Reparameterize(nn.Module):
 
     def forward(self, mu: torch.Tensor, logvar: torch.Tensor, seed=None) -> torch.Tensor:
         key = next_key(self.philox_key) if seed is None else seed
-        if not use_fused_ops(self.kernels, mu.device):
-            return reparameterize_reference(mu, logvar, normal(philox_key(key, mu.device), mu.shape, mu.dtype))
-        return reparameterize(mu, logvar, seed=key)
+        return reparameterize(mu, logvar, seed=key, kernels=self.kernels)

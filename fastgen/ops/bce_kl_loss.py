@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import torch
+from torch.library import wrap_triton
 
-from fastgen.ops.dispatch import define_op, launcher, triton_runs_on
-from fastgen.ops.reference import bce_kl_loss_reference
+from fastgen.ops.dispatch import define_op, triton_runs_on, use_fused_ops
+from fastgen.ops.reference import bce_kl_loss_backward_reference, bce_kl_loss_reference
 from fastgen.ops.validation import check_same, check_shape, check_tensor
 
 _MAX_BLOCK = 1024
@@ -26,7 +27,7 @@ def _forward(logits: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logva
     B, D = logits.shape
     loss = torch.empty(B, dtype=torch.float32, device=logits.device)
     if B:
-        launcher(kernel)[(B,)](logits, target, mu, logvar, loss, D, mu.shape[1], **_blocks(D, mu.shape[1]))
+        wrap_triton(kernel)[(B,)](logits, target, mu, logvar, loss, D, mu.shape[1], **_blocks(D, mu.shape[1]))
     return loss
 
 
@@ -34,17 +35,13 @@ def _forward(logits: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logva
 def _backward_op(grad_loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, mu: torch.Tensor,
                  logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if not triton_runs_on(logits.device):
-        g = grad_loss[:, None]
-        grad_logits = (g * (torch.sigmoid(logits.float()) - target.float())).to(logits.dtype)
-        grad_mu = (g * mu.float()).to(mu.dtype)
-        grad_logvar = (g * 0.5 * (logvar.float().exp() - 1.0)).to(logvar.dtype)
-        return grad_logits, grad_mu, grad_logvar
+        return bce_kl_loss_backward_reference(grad_loss, logits, target, mu, logvar)
     from fastgen.ops.triton.bce_kl_loss import bce_kl_bwd_kernel as kernel
 
     B, D = logits.shape
     grad_logits, grad_mu, grad_logvar = torch.empty_like(logits), torch.empty_like(mu), torch.empty_like(logvar)
     if B:
-        launcher(kernel)[(B,)](grad_loss, logits, target, mu, logvar, grad_logits, grad_mu, grad_logvar,
+        wrap_triton(kernel)[(B,)](grad_loss, logits, target, mu, logvar, grad_logits, grad_mu, grad_logvar,
                                D, mu.shape[1], **_blocks(D, mu.shape[1]))
     return grad_logits, grad_mu, grad_logvar
 
@@ -66,11 +63,12 @@ _forward.register_autograd(_backward, setup_context=_setup_context)
 _REDUCTIONS = ("none", "mean", "sum")
 
 
-def bce_kl_loss(logits, target, mu, logvar, *, reduction: str = "mean") -> torch.Tensor:
+def bce_kl_loss(logits, target, mu, logvar, *, reduction: str = "mean", kernels: str = "auto") -> torch.Tensor:
     """Per image: sum over pixels of BCE-with-logits(logits, target) + KL(N(mu, exp(logvar)) || N(0, I)).
 
     `logits`/`target` are (B, ...) with targets in [0, 1]; `mu`/`logvar` are (B, L). The result is
-    float32: a (B,) vector for reduction="none", else its mean or sum over images.
+    float32: a (B,) vector for reduction="none", else its mean or sum over images. `kernels` picks the
+    fused op or plain PyTorch ops (`use_fused_ops`).
     """
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
@@ -84,6 +82,8 @@ def bce_kl_loss(logits, target, mu, logvar, *, reduction: str = "mean") -> torch
     if torch.is_autocast_enabled(logits.device.type):  # losses are computed in float32, as torch's autocast does
         logits, target, mu, logvar = logits.float(), target.float(), mu.float(), logvar.float()
     check_same([("logits", logits), ("target", target), ("mu", mu), ("logvar", logvar)])
+    if not use_fused_ops(kernels, logits.device):
+        return bce_kl_loss_reference(logits, target, mu, logvar, reduction=reduction)
     B = logits.shape[0]
     per_image = _forward(logits.reshape(B, -1).contiguous(), target.reshape(B, -1).contiguous(),
                          mu.contiguous(), logvar.contiguous())

@@ -4,10 +4,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
+from torch.library import wrap_triton
 
-from fastgen.ops.dispatch import define_op, launcher, triton_runs_on
-from fastgen.ops.rng import check_p, dropout_scale, eager_keep_mask, philox_key, random_seed
+from fastgen.ops.dispatch import define_op, triton_runs_on, use_fused_ops
+from fastgen.ops.reference import linear_leaky_relu_dropout_grad_pre_reference, linear_leaky_relu_dropout_reference
+from fastgen.ops.rng import check_p, keep_mask, philox_key, random_seed
 from fastgen.ops.validation import check_same, check_slope, check_tensor
 
 
@@ -19,11 +20,9 @@ def _input_precision(dtype: torch.dtype) -> str:
 @define_op("fastgen::linear_leaky_relu_dropout")
 def _forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], key: torch.Tensor,
              negative_slope: float, p: float) -> torch.Tensor:
-    if not triton_runs_on(x.device):  # eager fallback
-        y = F.leaky_relu(F.linear(x, weight, bias), negative_slope)
-        if p > 0.0:
-            y = y * eager_keep_mask(key, list(y.shape), p).to(y.dtype) * dropout_scale(p)
-        return y
+    if not triton_runs_on(x.device):
+        mask = keep_mask(key, (x.shape[0], weight.shape[0]), p) if p > 0.0 else None
+        return linear_leaky_relu_dropout_reference(x, weight, bias, negative_slope, mask, p)
     from fastgen.ops.triton.linear_leaky_relu_dropout import linear_leaky_relu_dropout_fwd_kernel as kernel
 
     M, K = x.shape
@@ -35,7 +34,7 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
     def grid(meta):
         return (((M + meta["BLOCK_M"] - 1) // meta["BLOCK_M"]) * ((N + meta["BLOCK_N"] - 1) // meta["BLOCK_N"]),)
 
-    launcher(kernel)[grid](
+    wrap_triton(kernel)[grid](
         x, weight, bias if bias is not None else y, y, key, M, N, K,
         x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), negative_slope, p,
         HAS_BIAS=bias is not None, HAS_DROPOUT=p > 0.0, INPUT_PRECISION=_input_precision(x.dtype),
@@ -48,17 +47,15 @@ def _grad_pre_activation(grad_y: torch.Tensor, y: torch.Tensor, key: torch.Tenso
                          negative_slope: float, p: float) -> torch.Tensor:
     """dL/d(pre-activation) from dL/dy, the saved output and the regenerated mask."""
     if not triton_runs_on(y.device):
-        grad_pre = torch.where(y > 0, grad_y, grad_y * negative_slope)
-        if p > 0.0:
-            grad_pre = grad_pre * eager_keep_mask(key, list(y.shape), p).to(grad_pre.dtype) * dropout_scale(p)
-        return grad_pre
+        mask = keep_mask(key, y.shape, p) if p > 0.0 else None
+        return linear_leaky_relu_dropout_grad_pre_reference(grad_y, y, negative_slope, mask, p)
     from fastgen.ops.triton.linear_leaky_relu_dropout import linear_leaky_relu_dropout_bwd_kernel as kernel
 
     grad_pre = torch.empty_like(y)
     n = y.numel()
     if n:
         block = 1024
-        launcher(kernel)[((n + block - 1) // block,)](
+        wrap_triton(kernel)[((n + block - 1) // block,)](
             grad_y, y, grad_pre, key, n, negative_slope, p, HAS_DROPOUT=p > 0.0, BLOCK=block
         )
     return grad_pre
@@ -85,12 +82,13 @@ _forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def linear_leaky_relu_dropout(x, weight, bias=None, *, negative_slope: float = 0.2, p: float = 0.0,
-                              seed=None, training: bool = True) -> torch.Tensor:
+                              seed=None, training: bool = True, kernels: str = "auto") -> torch.Tensor:
     """y = dropout(leaky_relu(x @ weight.T + bias), p), fused into one kernel on CUDA.
 
     `weight` is (out, in) like `nn.Linear`. The dropout mask is a function of `seed` (an int, or an
     int64 tensor `(seed,)` / `(seed, step)` on x's device) and the element index; see
     `dropout_keep_mask`. With `seed=None` a seed is drawn from torch's default generator.
+    `kernels` ("auto", "triton", "eager") picks the fused op or plain PyTorch ops (`use_fused_ops`).
     """
     check_tensor("x", x)
     check_tensor("weight", weight, ndim=2)
@@ -110,9 +108,11 @@ def linear_leaky_relu_dropout(x, weight, bias=None, *, negative_slope: float = 0
         bias = bias.to(dtype) if bias is not None else None
         tensors = [("x", x), ("weight", weight)] + ([("bias", bias)] if bias is not None else [])
     check_same(tensors)
-    if p > 0.0:
-        key = philox_key(random_seed() if seed is None else seed, x.device)
-    else:
+    key = philox_key(random_seed() if seed is None else seed, x.device) if p > 0.0 else None
+    if not use_fused_ops(kernels, x.device):
+        mask = keep_mask(key, (*x.shape[:-1], weight.shape[0]), p) if key is not None else None
+        return linear_leaky_relu_dropout_reference(x, weight, bias, negative_slope, mask, p)
+    if key is None:  # the op's schema takes a key either way
         key = torch.zeros(2, dtype=torch.int64, device=x.device)
     y = _forward(x.reshape(-1, x.shape[-1]), weight, bias, key, negative_slope, p)
     return y.reshape(*x.shape[:-1], weight.shape[0])

@@ -1,17 +1,33 @@
-"""Plain PyTorch compositions of the fused ops: the ground truth for tests and the `kernels="eager"` path."""
+"""The only eager math of the fused ops, forward and backward, in plain PyTorch: what the ops run on a
+device without Triton (and for `kernels="eager"`), and the ground truth their tests compare against.
+Random draws come in as arguments (a keep-mask, eps), so every function here is deterministic."""
 import torch
 import torch.nn.functional as F
 
 
 def linear_leaky_relu_dropout_reference(x, weight, bias, negative_slope, keep_mask, p):
+    """dropout(leaky_relu(x @ weight.T + bias)) with the given keep-mask (None: no dropout)."""
     y = F.leaky_relu(F.linear(x, weight, bias), negative_slope)
     if keep_mask is not None and p > 0.0:
         y = y * keep_mask.to(y.dtype) / (1.0 - p)
     return y
 
 
+def linear_leaky_relu_dropout_grad_pre_reference(grad_y, y, negative_slope, keep_mask, p):
+    """dL/d(pre-activation) from dL/dy and the output: a non-negative slope keeps the sign, so y > 0
+    exactly where the pre-activation was > 0."""
+    grad_pre = torch.where(y > 0, grad_y, grad_y * negative_slope)
+    if keep_mask is not None and p > 0.0:
+        grad_pre = grad_pre * keep_mask.to(grad_pre.dtype) / (1.0 - p)
+    return grad_pre
+
+
 def reparameterize_reference(mu, logvar, eps):
     return mu + torch.exp(0.5 * logvar) * eps
+
+
+def reparameterize_grad_logvar_reference(grad_z, logvar, eps):
+    return 0.5 * grad_z * torch.exp(0.5 * logvar) * eps
 
 
 def kl_to_standard_normal(mu, logvar):
@@ -20,8 +36,18 @@ def kl_to_standard_normal(mu, logvar):
 
 
 def bce_kl_loss_reference(logits, target, mu, logvar, reduction="mean"):
+    """Per image: BCE-with-logits summed over pixels + KL to N(0, I), in float32; then reduced."""
     B = logits.shape[0]
     bce = F.binary_cross_entropy_with_logits(logits.reshape(B, -1).float(), target.reshape(B, -1).float(),
                                              reduction="none").sum(1)
     per_image = bce + kl_to_standard_normal(mu, logvar)
     return {"none": per_image, "mean": per_image.mean(), "sum": per_image.sum()}[reduction]
+
+
+def bce_kl_loss_backward_reference(grad_loss, logits, target, mu, logvar):
+    """Gradients of the per-image loss for logits, mu and logvar, given dL/d(loss) per image (B,)."""
+    g = grad_loss.float()[:, None]
+    grad_logits = (g * (torch.sigmoid(logits.float()) - target.float())).to(logits.dtype)
+    grad_mu = (g * mu.float()).to(mu.dtype)
+    grad_logvar = (g * 0.5 * (logvar.float().exp() - 1.0)).to(logvar.dtype)
+    return grad_logits, grad_mu, grad_logvar

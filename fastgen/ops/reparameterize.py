@@ -4,9 +4,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from torch.library import wrap_triton
 
-from fastgen.ops.dispatch import define_op, launcher, triton_runs_on
-from fastgen.ops.rng import eager_normal, philox_key, random_seed
+from fastgen.ops.dispatch import define_op, triton_runs_on, use_fused_ops
+from fastgen.ops.reference import reparameterize_grad_logvar_reference, reparameterize_reference
+from fastgen.ops.rng import normal, philox_key, random_seed
 from fastgen.ops.validation import check_same, check_shape, check_tensor
 
 _BLOCK = 1024
@@ -17,18 +19,18 @@ def _grid(n: int):
 
 
 def _noise(eps, key, like):
-    return eps if eps is not None else eager_normal(key, list(like.shape)).to(like.dtype)
+    return eps if eps is not None else normal(key, like.shape, like.dtype)
 
 
 @define_op("fastgen::reparameterize")
 def _forward(mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor], key: torch.Tensor) -> torch.Tensor:
     if not triton_runs_on(mu.device):
-        return mu + torch.exp(0.5 * logvar) * _noise(eps, key, mu)
+        return reparameterize_reference(mu, logvar, _noise(eps, key, mu))
     from fastgen.ops.triton.reparameterize import reparameterize_fwd_kernel as kernel
 
     z = torch.empty_like(mu)
     if mu.numel():
-        launcher(kernel)[_grid(mu.numel())](mu, logvar, eps if eps is not None else mu, key, z, mu.numel(),
+        wrap_triton(kernel)[_grid(mu.numel())](mu, logvar, eps if eps is not None else mu, key, z, mu.numel(),
                                             HAS_EPS=eps is not None, BLOCK=_BLOCK)
     return z
 
@@ -36,12 +38,12 @@ def _forward(mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor]
 @define_op("fastgen::reparameterize_grad_logvar")
 def _grad_logvar(grad_z: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor], key: torch.Tensor) -> torch.Tensor:
     if not triton_runs_on(logvar.device):
-        return 0.5 * grad_z * torch.exp(0.5 * logvar) * _noise(eps, key, logvar)
+        return reparameterize_grad_logvar_reference(grad_z, logvar, _noise(eps, key, logvar))
     from fastgen.ops.triton.reparameterize import reparameterize_bwd_kernel as kernel
 
     grad_logvar = torch.empty_like(logvar)
     if logvar.numel():
-        launcher(kernel)[_grid(logvar.numel())](grad_z, logvar, eps if eps is not None else logvar, key, grad_logvar,
+        wrap_triton(kernel)[_grid(logvar.numel())](grad_z, logvar, eps if eps is not None else logvar, key, grad_logvar,
                                                 logvar.numel(), HAS_EPS=eps is not None, BLOCK=_BLOCK)
     return grad_logvar
 
@@ -64,11 +66,12 @@ def _backward(ctx, grad_z):
 _forward.register_autograd(_backward, setup_context=_setup_context)
 
 
-def reparameterize(mu, logvar, *, eps=None, seed=None) -> torch.Tensor:
+def reparameterize(mu, logvar, *, eps=None, seed=None, kernels: str = "auto") -> torch.Tensor:
     """z = mu + exp(0.5 * logvar) * eps. Without `eps`, eps ~ N(0, I) is drawn in-kernel from `seed`.
 
     `seed` is an int or an int64 tensor `(seed,)` / `(seed, step)` on mu's device; `None` draws one
-    from torch's default generator. Under autocast the latent math runs in float32.
+    from torch's default generator. Under autocast the latent math runs in float32. `kernels` picks
+    the fused op or plain PyTorch ops (`use_fused_ops`).
     """
     check_tensor("mu", mu)
     check_tensor("logvar", logvar)
@@ -85,4 +88,6 @@ def reparameterize(mu, logvar, *, eps=None, seed=None) -> torch.Tensor:
         eps = eps.contiguous()
     else:
         key = philox_key(random_seed() if seed is None else seed, mu.device)
+    if not use_fused_ops(kernels, mu.device):
+        return reparameterize_reference(mu, logvar, _noise(eps, key, mu))
     return _forward(mu.contiguous(), logvar.contiguous(), eps, key)

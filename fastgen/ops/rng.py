@@ -36,11 +36,21 @@ def philox_key(seed, device: torch.device | str) -> torch.Tensor:
         raise TypeError(f"seed must be an int64 tensor, got dtype {seed.dtype}")
     if seed.numel() not in (1, 2):
         raise ValueError(f"seed must hold 1 (seed) or 2 (seed, step) elements, got {seed.numel()}")
-    if seed.device != device:
+    if not same_device(seed.device, device):
         raise ValueError(f"seed is on {seed.device} but the inputs are on {device}")
     if seed.numel() == 1:
         return torch.cat([seed.reshape(1), seed.new_zeros(1)])
     return seed.reshape(2)
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Equal as places to compute: "cpu" is "cpu:0", and "cuda" is the current CUDA device."""
+    if a.type != b.type:
+        return False
+    if a.type == "cpu":
+        return True
+    current = torch.cuda.current_device() if a.type == "cuda" else 0
+    return (current if a.index is None else a.index) == (current if b.index is None else b.index)
 
 
 def random_seed() -> int:
@@ -146,10 +156,6 @@ def dropout_keep_mask(seed, shape, p: float, device) -> torch.Tensor:
     """
     p = check_p(p)
     return keep_mask(philox_key(seed, device), shape, p).view(torch.bool)
-
-
-def dropout_scale(p: float) -> float:
-    return 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
 
 
 def check_p(p) -> float:

@@ -12,8 +12,8 @@ class StepAdam:
     the learning rate in device tensors.
 
     `torch.optim.Adam.step` breaks torch.compile graphs on purpose; the fused kernel (through
-    `fastgen::fused_adam_`) and the functional `adam` do not.
-    The `torch.optim.Adam` object is kept as the holder of the state, so `state_dict()` is Adam's own.
+    `fastgen::fused_adam_`) and the functional `adam` do not. The state is Adam's: per parameter a
+    step counter, exp_avg and exp_avg_sq, saved by the checkpoint.
     """
 
     def __init__(self, params, lr: float, betas, device: torch.device, fused: bool | None = None):
@@ -24,18 +24,9 @@ class StepAdam:
         # step counters on the device, or the fused kernel where fp16 loss scaling needs `found_inf`.
         self.fused = device.type == "cpu" if fused is None else fused
         self.capturable = device.type == "cuda"
-        self.optimizer = torch.optim.Adam(self.params, lr=self.lr, betas=self.betas,
-                                          capturable=self.capturable, fused=self.fused)
-        for p in self.params:
-            self.optimizer.state[p] = {
-                "step": torch.zeros((), dtype=torch.float32, device=device),
-                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
-            }
-        states = [self.optimizer.state[p] for p in self.params]
-        self.exp_avgs = [s["exp_avg"] for s in states]
-        self.exp_avg_sqs = [s["exp_avg_sq"] for s in states]
-        self.steps = [s["step"] for s in states]
+        self.steps = [torch.zeros((), dtype=torch.float32, device=device) for _ in self.params]
+        self.exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
 
     @torch.no_grad()
     def step(self, grads, found_inf: torch.Tensor | None = None) -> None:
