@@ -7,3 +7,11 @@ class FastgenError(Exception):
 
 class DataError(FastgenError):
     """Dataset files missing, unreadable or corrupt."""
+
+
+class Interrupted(FastgenError):
+    """SIGINT/SIGTERM: the current step finished, a checkpoint was written, the run can be resumed."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -18,14 +18,14 @@ from pathlib import Path
 
 from fastgen.config import TrainConfig
 from fastgen.environment import device_name, resolve_device
-from fastgen.errors import FastgenError
+from fastgen.errors import FastgenError, Interrupted
 from fastgen.evaluation.classifier import load_evaluator
 from fastgen.evaluation.scoring import eval_path, evaluate, reference_scores
 from fastgen.files import atomic_write, atomic_write_text
 from fastgen.models.weights import WEIGHTS_FILE
 from fastgen.training import checkpoint as run_state
+from fastgen.training import train
 from fastgen.training.distributed import launched_by_torchrun
-from fastgen.training.run import Interrupted, train
 
 MODELS = ("gan", "vae")
 # --quick: a smoke test of the whole pipeline (minutes on a CPU), not a result to quote.

@@ -46,6 +46,18 @@ def _backward_op(grad_loss: torch.Tensor, logits: torch.Tensor, target: torch.Te
     return grad_logits, grad_mu, grad_logvar
 
 
+# Explicit fake kernels: see linear_leaky_relu_dropout.py (the body as fake would launch the Triton
+# interpreter on fake tensors).
+@_forward.register_fake
+def _(logits, target, mu, logvar):
+    return logits.new_empty(logits.shape[0], dtype=torch.float32)
+
+
+@_backward_op.register_fake
+def _(grad_loss, logits, target, mu, logvar):
+    return torch.empty_like(logits), torch.empty_like(mu), torch.empty_like(logvar)
+
+
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 

@@ -61,6 +61,20 @@ def _grad_pre_activation(grad_y: torch.Tensor, y: torch.Tensor, key: torch.Tenso
     return grad_pre
 
 
+# Explicit fake kernels. A triton_op's default fake is its Python body, but under TRITON_INTERPRET=1
+# `wrap_triton` hands back the interpreted kernel itself (no traceable launch), so tracing the Triton
+# branch with fake tensors would run the interpreter on tensors without data. These mirror the outputs
+# both branches allocate.
+@_forward.register_fake
+def _(x, weight, bias, key, negative_slope, p):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+@_grad_pre_activation.register_fake
+def _(grad_y, y, key, negative_slope, p):
+    return torch.empty_like(y)
+
+
 def _setup_context(ctx, inputs, output):
     x, weight, bias, key, negative_slope, p = inputs
     # Only x, weight, the output and the 2-element key: no pre-activation, no mask.

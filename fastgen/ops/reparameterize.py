@@ -48,6 +48,18 @@ def _grad_logvar(grad_z: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch
     return grad_logvar
 
 
+# Explicit fake kernels: see linear_leaky_relu_dropout.py (the body as fake would launch the Triton
+# interpreter on fake tensors).
+@_forward.register_fake
+def _(mu, logvar, eps, key):
+    return torch.empty_like(mu)
+
+
+@_grad_logvar.register_fake
+def _(grad_z, logvar, eps, key):
+    return torch.empty_like(logvar)
+
+
 def _setup_context(ctx, inputs, output):
     mu, logvar, eps, key = inputs
     ctx.has_eps = eps is not None

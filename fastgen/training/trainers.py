@@ -1,14 +1,38 @@
-"""One optimisation step of each model, over device tensors only: no host sync inside a step."""
+"""One optimisation step of each model, over device tensors only (no host sync inside a step), and
+everything else that differs between the GAN and the VAE: what the data is scaled to, which metrics a
+step returns, what is plotted, sampled and saved. The epoch loop knows trainers only through `Trainer`."""
 from __future__ import annotations
 
 import contextlib
+from typing import ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 
+from fastgen.data import DeviceSplit
 from fastgen.evaluation import likelihood
-from fastgen.models.networks import VAE, Discriminator, Generator
+from fastgen.models import VAE, Discriminator, Generator
 from fastgen.training.optim import DeviceLossScaler, StepAdam
+
+GRID_IMAGES = 64  # an 8x8 sample grid
+
+
+class Trainer(Protocol):
+    """What the set-up, the epoch loop and the checkpoint need from a model's trainer."""
+
+    data_low: ClassVar[float]  # images are scaled to [data_low, 1]
+    needs_test_split: ClassVar[bool]  # whether `__init__` wants the test split (for per-epoch test metrics)
+    metric_names: ClassVar[tuple[str, ...]]  # what `step` returns, in order
+    loss_curves: ClassVar[tuple[str, ...]]  # the metrics losses.png plots
+    modules: ClassVar[tuple[str, ...]]  # attributes holding the nn.Modules saved in the weights file
+    optimizers: dict[str, StepAdam]
+    scalers: dict[str, DeviceLossScaler | None]
+    reduce_grads: object  # None, or under torchrun the mean of the gradients over ranks
+
+    def step(self, batch: torch.Tensor) -> torch.Tensor: ...
+    def train(self, mode: bool = True) -> None: ...
+    def epoch_metrics(self) -> dict[str, float]: ...
+    def sample_grids(self) -> dict[str, torch.Tensor]: ...
 
 
 def apply_update(loss: torch.Tensor, params, optimizer: StepAdam, scaler: DeviceLossScaler | None,
@@ -22,30 +46,49 @@ def apply_update(loss: torch.Tensor, params, optimizer: StepAdam, scaler: Device
         optimizer.step(*scaler.grads(loss, params, reduce_grads))
 
 
-def _scaler(device, amp_dtype):
-    return DeviceLossScaler(device) if amp_dtype == torch.float16 else None
+def autocast_factory(device: torch.device, amp_dtype: torch.dtype | None):
+    """A zero-argument context factory: autocast to `amp_dtype`, or a no-op for None."""
+    if amp_dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=amp_dtype)
+
+
+def _optimizer(params, config, device: torch.device, amp_dtype) -> tuple[StepAdam, DeviceLossScaler | None]:
+    """Adam for `params`, and a loss scaler for fp16 (whose `found_inf` needs the fused update)."""
+    fp16 = amp_dtype == torch.float16
+    return (StepAdam(params, config.lr, config.betas, device, True if fp16 else None),
+            DeviceLossScaler(device) if fp16 else None)
+
+
+def _grid_noise(latent_dim: int, seed: int, device: torch.device) -> torch.Tensor:
+    """The fixed latent draws of every sample grid of a run, from their own generator (seed + 1)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed + 1)
+    return torch.randn(GRID_IMAGES, latent_dim, generator=gen).to(device)
 
 
 class GANTrainer:
     """Non-saturating GAN: a D update on real + fake, then a G update through the updated D."""
 
+    data_low = -1.0  # the generator's tanh range
+    needs_test_split = False
     metric_names = ("d_loss", "g_loss", "d_real", "d_fake")
+    loss_curves = ("d_loss", "g_loss")
     modules = ("generator", "discriminator")
 
-    def __init__(self, config, device: torch.device, amp_dtype: torch.dtype | None = None):
+    def __init__(self, config, device: torch.device, amp_dtype: torch.dtype | None = None,
+                 test_split: DeviceSplit | None = None):
         self.generator = Generator(config.kernels).to(device)
         self.discriminator = Discriminator(config.kernels).to(device)
         self.g_params = list(self.generator.parameters())
         self.d_params = list(self.discriminator.parameters())
-        fused = True if amp_dtype == torch.float16 else None  # found_inf needs the fused update
-        self.opt_g = StepAdam(self.g_params, config.lr, config.betas, device, fused)
-        self.opt_d = StepAdam(self.d_params, config.lr, config.betas, device, fused)
-        self.scaler_g, self.scaler_d = _scaler(device, amp_dtype), _scaler(device, amp_dtype)
+        self.opt_g, self.scaler_g = _optimizer(self.g_params, config, device, amp_dtype)
+        self.opt_d, self.scaler_d = _optimizer(self.d_params, config, device, amp_dtype)
         self.optimizers = {"generator": self.opt_g, "discriminator": self.opt_d}
         self.scalers = {"generator": self.scaler_g, "discriminator": self.scaler_d}
         self.autocast = autocast_factory(device, amp_dtype)
         self.device = device
-        self.reduce_grads = None  # set under torchrun: the mean of the gradients over ranks
+        self.reduce_grads = None
+        self.grid_noise = _grid_noise(Generator.latent_dim, config.seed, device)
 
     def step(self, real: torch.Tensor) -> torch.Tensor:
         """real: (B, 784) in [-1, 1]. Returns (d_loss, g_loss, mean D(x), mean D(G(z))) on the device."""
@@ -61,7 +104,7 @@ class GANTrainer:
 
         with self.autocast():
             g_loss = F.softplus(-self.discriminator(fake).float()).mean()
-        # Gradients for G only: D's weight gradients are never computed.
+        # Gradients for G only: D's weight gradients are never requested.
         apply_update(g_loss, self.g_params, self.opt_g, self.scaler_g, self.reduce_grads)
         return torch.stack([d_loss.detach(), g_loss.detach(),
                             torch.sigmoid(real_logits.detach()).mean(), torch.sigmoid(fake_logits.detach()).mean()])
@@ -70,26 +113,40 @@ class GANTrainer:
         self.generator.train(mode)
         self.discriminator.train(mode)
 
-    def sampler(self):
-        return self.generator
+    def epoch_metrics(self) -> dict[str, float]:
+        return {}
+
+    @torch.no_grad()
+    def sample_grids(self) -> dict[str, torch.Tensor]:
+        """The generator's images (in [0, 1]) for the run's fixed latent draws."""
+        self.generator.eval()
+        images = (self.generator(self.grid_noise).float() + 1) / 2
+        self.generator.train()
+        return {"epoch": images}
 
 
 class VAETrainer:
     """Adam on the mean over images of (BCE summed over pixels + KL)."""
 
+    data_low = 0.0  # Bernoulli targets
+    needs_test_split = True
     metric_names = ("loss", "bce", "kl")
+    loss_curves = ("loss", "test_loss")
     modules = ("vae",)
 
-    def __init__(self, config, device: torch.device, amp_dtype: torch.dtype | None = None):
+    def __init__(self, config, device: torch.device, amp_dtype: torch.dtype | None = None,
+                 test_split: DeviceSplit | None = None):
         self.vae = VAE(config.kernels).to(device)
         self.params = list(self.vae.parameters())
-        self.opt = StepAdam(self.params, config.lr, config.betas, device, True if amp_dtype == torch.float16 else None)
-        self.scaler = _scaler(device, amp_dtype)
+        self.opt, self.scaler = _optimizer(self.params, config, device, amp_dtype)
         self.optimizers = {"vae": self.opt}
         self.scalers = {"vae": self.scaler}
         self.autocast = autocast_factory(device, amp_dtype)
         self.device = device
-        self.reduce_grads = None  # set under torchrun: the mean of the gradients over ranks
+        self.reduce_grads = None
+        self.seed = config.seed
+        self.test_split = test_split
+        self.grid_noise = _grid_noise(VAE.latent_dim, config.seed, device)
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 784) in [0, 1]. Returns (loss, bce, kl) per image on the device."""
@@ -98,20 +155,29 @@ class VAETrainer:
         apply_update(loss, self.params, self.opt, self.scaler, self.reduce_grads)
         return torch.stack([loss.detach(), bce, kl])
 
-    @torch.no_grad()
-    def test_loss(self, split, seed: int) -> float:
-        """Mean per-image loss over a split, eps drawn from a fixed key so epochs compare like for like."""
-        return likelihood.loss_per_image(self.vae, split.images, seed, autocast=self.autocast)
-
     def train(self, mode: bool = True) -> None:
         self.vae.train(mode)
 
-    def sampler(self):
-        return self.vae
+    def epoch_metrics(self) -> dict[str, float]:
+        """The mean test loss per image, eps drawn from a fixed key so epochs compare like for like."""
+        if self.test_split is None:
+            return {}
+        return {"test_loss": likelihood.loss_per_image(self.vae, self.test_split.images, self.seed,
+                                                       autocast=self.autocast)}
+
+    @torch.no_grad()
+    def sample_grids(self) -> dict[str, torch.Tensor]:
+        """Decoded fixed latents, and (if the test split is here) rows alternating 8 test images and
+        their reconstructions."""
+        self.vae.eval()
+        grids = {"epoch": torch.sigmoid(self.vae.decode(self.grid_noise).float()).view(-1, 1, 28, 28)}
+        if self.test_split is not None:
+            real = self.test_split.scale(self.test_split.images[:32])
+            recon = self.vae.reconstruct(real)
+            pairs = torch.stack([real.view(-1, 8, 1, 28, 28), recon.view(-1, 8, 1, 28, 28)], dim=1)
+            grids["recon"] = pairs.reshape(-1, 1, 28, 28)
+        self.vae.train()
+        return grids
 
 
-def autocast_factory(device: torch.device, amp_dtype: torch.dtype | None):
-    """A zero-argument context factory: autocast to `amp_dtype`, or a no-op for None."""
-    if amp_dtype is None:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device.type, dtype=amp_dtype)
+TRAINERS: dict[str, type] = {"gan": GANTrainer, "vae": VAETrainer}
