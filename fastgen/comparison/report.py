@@ -1,4 +1,5 @@
-"""report.md and its figures for a GAN-vs-VAE comparison (`fastgen.comparison.compare`)."""
+"""report.md and its figures from a GAN-vs-VAE comparison's results: a pure function of the results dict and
+the sample images `runs` drew; it trains, loads and samples nothing itself."""
 from __future__ import annotations
 
 import statistics
@@ -7,27 +8,23 @@ from pathlib import Path
 
 import torch
 
-from fastgen.comparison.runs import MODELS, snapshot_path
+from fastgen.config import MODELS
 from fastgen.evaluation.scoring import HIGHER_IS_BETTER, SCORE_NAMES
 from fastgen.files import atomic_write_text
-from fastgen.models.weights import load
 from fastgen.plotting import pyplot
 from fastgen.version import __version__
 
 LABELS = {"frechet_distance": "Fréchet distance", "inception_style_score": "IS-style score",
           "class_kl_to_uniform": "class KL to uniform", "precision": "precision", "recall": "recall"}
-GRID_SEED = 1234  # the same latent draws at every epoch, so the grids show one generator improving
 
 
-def _grid_figure(out: Path, results: dict, epoch: int) -> str:
+def _grid_figure(out: Path, samples: dict[str, torch.Tensor], epoch: int) -> str:
     from torchvision.utils import make_grid
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.3), dpi=100)
     for ax, model in zip(axes, MODELS):
-        weights = snapshot_path(Path(results["models"][model]["run"]), epoch)
-        images = load(weights).sample(64, seed=GRID_SEED).cpu()
-        ax.imshow(make_grid(images, nrow=8, padding=2, pad_value=1.0)[0].numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(make_grid(samples[model].cpu(), nrow=8, padding=2, pad_value=1.0)[0].numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"{model.upper()}, epoch {epoch}")
         ax.axis("off")
     fig.tight_layout()
@@ -154,13 +151,14 @@ def _score_table(results: dict, epochs) -> list[str]:
     return rows
 
 
-def write_report(out: Path, results: dict) -> Path:
+def write_report(out: Path, results: dict, samples: dict[int, dict[str, torch.Tensor]]) -> Path:
+    """OUT/report.md and OUT/figures/ from `results` (results.json's contents) and `samples`: per epoch,
+    per model, images in [0, 1] drawn from the same latents at every epoch."""
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     config = results["config"]
     epochs = list(config["epochs"])
-    with torch.no_grad():
-        grids = [_grid_figure(out, results, e) for e in epochs]
+    grids = [_grid_figure(out, samples[e], e) for e in epochs]
     lines = [
         "# GAN vs VAE on " + config["dataset"].upper(),
         "",

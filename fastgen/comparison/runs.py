@@ -16,18 +16,19 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fastgen.config import TrainConfig
+from fastgen.comparison.report import write_report
+from fastgen.config import MODELS, TrainConfig
 from fastgen.environment import device_name, resolve_device
 from fastgen.errors import FastgenError, Interrupted
 from fastgen.evaluation.classifier import load_evaluator
 from fastgen.evaluation.scoring import eval_path, evaluate, reference_scores
 from fastgen.files import atomic_write, atomic_write_text
-from fastgen.models.weights import WEIGHTS_FILE
+from fastgen.models.weights import WEIGHTS_FILE, load
 from fastgen.training import checkpoint as run_state
 from fastgen.training import train
 from fastgen.training.distributed import launched_by_torchrun
 
-MODELS = ("gan", "vae")
+GRID_SEED = 1234  # the same latent draws at every epoch, so the grids show one generator improving
 # --quick: a smoke test of the whole pipeline (minutes on a CPU), not a result to quote.
 QUICK = {"epochs": (10, 50), "train_images": 1024, "n": 1000, "iwae_k": 10}
 FULL = {"epochs": (10, 50, 200), "train_images": None, "n": 10_000, "iwae_k": 100}
@@ -140,8 +141,6 @@ def _read_metrics(run_dir: Path) -> list[dict]:
 
 def compare(config: CompareConfig) -> Path:
     """Run the comparison as `config` says; return the path of report.md."""
-    from fastgen.comparison.report import write_report
-
     if launched_by_torchrun():
         raise FastgenError("fastgen.compare runs as one process (train a run with torchrun, then compare in one process)")
     config = config.resolved()
@@ -170,4 +169,11 @@ def compare(config: CompareConfig) -> Path:
     results["evaluator"] = {"test_accuracy": evaluator.accuracy, "sha256": evaluator.sha256}
     results["compare_s"] = time.perf_counter() - start
     atomic_write_text(out / "results.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
-    return write_report(out, results)
+    return write_report(out, results, _grid_samples(results))
+
+
+def _grid_samples(results: dict) -> dict[int, dict]:
+    """64 images per model per checkpoint epoch, from the same latent draws (GRID_SEED) every time."""
+    return {epoch: {model: load(snapshot_path(Path(results["models"][model]["run"]), epoch)).sample(64, seed=GRID_SEED)
+                    for model in MODELS}
+            for epoch in results["config"]["epochs"]}
