@@ -289,3 +289,12 @@ def test_cuda_masks_same_key_same_mask_new_step_new_mask():
     assert torch.equal(a, dropout_keep_mask(torch.tensor([3, 0], device="cuda"), (256, 256), 0.5, "cuda"))
     b = dropout_keep_mask(torch.tensor([3, 1], device="cuda"), (256, 256), 0.5, "cuda")
     assert 0.45 < (a == b).float().mean().item() < 0.55
+
+
+def test_a_seed_tensor_on_the_same_device_under_another_name_is_accepted():
+    from fastgen.ops.rng import philox_key
+
+    key = torch.tensor([7, 3])
+    assert torch.equal(philox_key(key, "cpu:0"), key) and torch.equal(philox_key(key.to("cpu:0"), "cpu"), key)
+    with pytest.raises(ValueError, match="seed is on"):
+        philox_key(key.to("meta"), "cpu")

@@ -8,6 +8,7 @@ from typing import ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
 
 from fastgen.data import DeviceSplit
 from fastgen.evaluation import likelihood
@@ -103,8 +104,11 @@ class GANTrainer:
         apply_update(d_loss, self.d_params, self.opt_d, self.scaler_d, self.reduce_grads)
 
         with self.autocast():
-            g_loss = F.softplus(-self.discriminator(fake).float()).mean()
-        # Gradients for G only: D's weight gradients are never requested.
+            # D with detached weights: gradients flow to G through D's activations only. (A custom op's
+            # backward sees which inputs need gradients as they were at forward time, so with D's own
+            # parameters it would compute D's weight gradients here and throw them away.)
+            d_frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
+            g_loss = F.softplus(-functional_call(self.discriminator, d_frozen, (fake,)).float()).mean()
         apply_update(g_loss, self.g_params, self.opt_g, self.scaler_g, self.reduce_grads)
         return torch.stack([d_loss.detach(), g_loss.detach(),
                             torch.sigmoid(real_logits.detach()).mean(), torch.sigmoid(fake_logits.detach()).mean()])
