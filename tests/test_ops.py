@@ -185,7 +185,8 @@ def test_gradcheck_in_float64_on_the_fallback():
     w = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda *a: linear_leaky_relu_dropout(*a, p=0.3, seed=11), (x, w, b))
-    mu, lv = torch.randn(3, 4, dtype=torch.float64, requires_grad=True), torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    mu = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    lv = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda m, v: reparameterize(m, v, seed=2), (mu, lv))
     # bce_kl_loss computes in float32 by design, too coarse for finite differences: the hypothesis
     # test checks its gradients against a float64 autograd reference instead.
@@ -204,13 +205,15 @@ def test_gradcheck_in_float64_on_the_fallback():
     (lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 3), negative_slope=-1), ValueError, "negative_slope"),
     (lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 3), p=0.5, seed=float("nan")), TypeError, "seed"),
     (lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 3), p=0.5, seed=torch.tensor([1.0])), TypeError, "seed"),
-    (lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 3), p=0.5, seed=torch.tensor([1, 2, 3])), ValueError, "seed"),
+    (lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 3), p=0.5, seed=torch.tensor([1, 2, 3])),
+     ValueError, "seed"),
     (lambda: reparameterize(torch.randn(2, 3), torch.randn(2, 4)), ValueError, "logvar"),
     (lambda: reparameterize(torch.randn(2, 3), torch.randn(2, 3).double()), TypeError, "logvar"),
     (lambda: reparameterize(torch.randn(2, 3), torch.randn(2, 3), eps=torch.randn(3, 3)), ValueError, "eps"),
     (lambda: bce_kl_loss(torch.randn(2, 5), torch.rand(2, 4), torch.randn(2, 3), torch.randn(2, 3)), ValueError, "target"),
     (lambda: bce_kl_loss(torch.randn(2, 5), torch.rand(2, 5), torch.randn(3, 3), torch.randn(3, 3)), ValueError, "mu"),
-    (lambda: bce_kl_loss(torch.randn(2, 5), torch.rand(2, 5), torch.randn(2, 3), torch.randn(2, 3), reduction="avg"), ValueError, "reduction"),
+    (lambda: bce_kl_loss(torch.randn(2, 5), torch.rand(2, 5), torch.randn(2, 3), torch.randn(2, 3), reduction="avg"),
+     ValueError, "reduction"),
     (lambda: bce_kl_loss(torch.randn(2, 5), torch.rand(2, 5).half(), torch.randn(2, 3), torch.randn(2, 3)), TypeError, "target"),
 ])
 def test_bad_arguments_raise_naming_the_argument(backend, call, error, needle):
@@ -260,7 +263,8 @@ def test_cuda_kernels_match_reference(dtype, M, K, N):
     xr, wr, br = (_leaf(t.float()) for t in (x, w, b))
     yr = linear_leaky_relu_dropout_reference(xr, wr, br, 0.2, mask, 0.3)
     yr.backward(grad.float())
-    for name, a, e in (("y", y, yr), ("grad x", x.grad, xr.grad), ("grad weight", w.grad, wr.grad), ("grad bias", b.grad, br.grad)):
+    pairs = (("y", y, yr), ("grad x", x.grad, xr.grad), ("grad weight", w.grad, wr.grad), ("grad bias", b.grad, br.grad))
+    for name, a, e in pairs:
         assert_close(a, e, dtype, name)
 
     mu = torch.randn(M, 16, generator=gen).to("cuda", dtype).requires_grad_(True)
