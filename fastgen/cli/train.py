@@ -9,6 +9,7 @@ from fastgen.cli.common import (
     add_data_flags,
     add_device_flag,
     config_arguments,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -44,6 +45,9 @@ def build_parser() -> Parser:
     parser.add_argument("--sample-every", type=positive_int, default=10, help="epochs between sample grids")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
     parser.add_argument("--checkpoint-every", type=positive_int, help="also checkpoint every N steps within an epoch")
+    parser.add_argument("--save-interval", type=non_negative_float, metavar="SECONDS",
+                        help="write the weights and checkpoint at the end of an epoch once SECONDS have passed since the "
+                             "last write (default 30; 0: every epoch); the last epoch and a stop always write")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue a run from its checkpoint (its own settings; --epochs/--max-steps may extend it)")
     add_data_flags(parser)

@@ -1,7 +1,8 @@
 """The epoch loop: the path of one batch is `DeviceSplit.epoch_batches` -> `DeviceSplit.batch` ->
 `Trainer.step` (compiled/graphed; fused ops) -> device-side sums, read once an epoch -> metrics.jsonl.
 
-Around the steps: a progress bar, checkpoints (every epoch, and every --checkpoint-every steps),
+Around the steps: a progress bar, checkpoints (at an epoch's end once --save-interval seconds have passed,
+at the last epoch and on a stop, and every --checkpoint-every steps),
 SIGINT/SIGTERM handled after the current step (checkpoint, then `Interrupted`), a divergence check
 before any checkpoint is overwritten, sample grids and the weights file.
 """
@@ -66,6 +67,7 @@ class Progress:
     warmup_steps: int  # the step after which throughput is timed
     steady_start: float | None = None
     steady_s: float = 0.0
+    last_save: float = 0.0  # perf_counter of the last weights/checkpoint write
 
     def samples_per_s(self, batch_size: int) -> float | None:
         samples = (self.step - self.warmup_steps) * batch_size
@@ -75,14 +77,16 @@ class Progress:
 def run_epochs(run: Run) -> Progress:
     """Train from `run.position` to the last epoch (or --max-steps); raise `Interrupted` on a signal."""
     progress = _schedule(run)
+    progress.last_save = time.perf_counter()
     with _stop_requests() as stop:
         for epoch in range(run.position.epoch, progress.last_epoch + 1):
             epoch_start = time.perf_counter()
             epoch_gen_state = run.data_gen.get_state()
             n_steps = min(progress.steps_per_epoch, progress.total_steps - (epoch - 1) * progress.steps_per_epoch)
             sums, first = _run_steps(run, progress, epoch, n_steps, epoch_gen_state, stop)
-            _finish_epoch(run, progress, epoch, n_steps, first, sums, epoch_start, epoch_gen_state)
-            if _stop_agreed(stop, run):
+            stopping = _stop_agreed(stop, run)
+            _finish_epoch(run, progress, epoch, n_steps, first, sums, epoch_start, epoch_gen_state, stopping)
+            if stopping:
                 raise Interrupted(f"interrupted after epoch {epoch} (step {progress.step}); checkpoint saved; "
                                   f"resume with: python -m fastgen.train --resume {run.out}", _signal_number(stop))
     _sync(run.device)
@@ -138,8 +142,8 @@ def _run_steps(run: Run, progress: Progress, epoch: int, n_steps: int, epoch_gen
 
 
 def _finish_epoch(run: Run, progress: Progress, epoch: int, n_steps: int, first: int, sums: torch.Tensor,
-                  epoch_start: float, epoch_gen_state) -> None:
-    """The epoch's metrics row, sample grids, weights and checkpoint."""
+                  epoch_start: float, epoch_gen_state, stopping: bool) -> None:
+    """The epoch's metrics row and sample grids; the weights and checkpoint when due."""
     if run.group is not None:
         sums = run.group.mean(sums)  # metrics are the mean over ranks
     values = (sums / n_steps).tolist()  # the epoch's one host sync
@@ -156,6 +160,15 @@ def _finish_epoch(run: Run, progress: Progress, epoch: int, n_steps: int, first:
     if run.is_main and (epoch % run.config.sample_every == 0 or epoch == progress.last_epoch):
         for name, images in run.trainer.sample_grids().items():
             run.writer.save_grid(images, f"{name}_{epoch:04d}.png")
+    if stopping or epoch == progress.last_epoch or time.perf_counter() - progress.last_save >= run.config.save_interval:
+        _save_run_state(run, progress, epoch, n_steps, sums, epoch_gen_state)
+    if run.is_main and not run.config.quiet and not _ProgressBar.shown(run):
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step"))
+        print(f"epoch {epoch}/{progress.last_epoch}: {shown}", flush=True)
+
+
+def _save_run_state(run: Run, progress: Progress, epoch: int, n_steps: int, sums: torch.Tensor, epoch_gen_state) -> None:
+    """The weights file and the checkpoint as of this epoch's end."""
     run.writer.save_weights({name: getattr(run.trainer, name) for name in run.trainer.modules}, run.config.model,
                             run.config.to_dict())
     if n_steps < progress.steps_per_epoch:  # stopped by --max-steps: a resume may finish this epoch
@@ -163,9 +176,7 @@ def _finish_epoch(run: Run, progress: Progress, epoch: int, n_steps: int, first:
     else:
         _save_checkpoint(run, run_state.Position(epoch + 1, 0, progress.step), torch.zeros_like(sums),
                          run.data_gen.get_state())
-    if run.is_main and not run.config.quiet and not _ProgressBar.shown(run):
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step"))
-        print(f"epoch {epoch}/{progress.last_epoch}: {shown}", flush=True)
+    progress.last_save = time.perf_counter()
 
 
 class _ProgressBar:

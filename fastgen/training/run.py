@@ -27,7 +27,7 @@ from fastgen.training.trainers import TRAINERS
 
 # Settings a resume may change; everything else is the saved run's. None/False (and "auto" for the
 # device) mean "not asked for".
-RESUME_OVERRIDES = ("epochs", "max_steps", "quiet", "device", "compile", "cuda_graphs", "checkpoint_every")
+RESUME_OVERRIDES = ("epochs", "max_steps", "quiet", "device", "compile", "cuda_graphs", "checkpoint_every", "save_interval")
 
 
 def notice(message: str) -> None:
