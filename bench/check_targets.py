@@ -13,8 +13,8 @@ from pathlib import Path
 
 
 def _benchmarks(folder: Path) -> list[dict]:
-    path = folder / "bench.json"
-    return json.loads(path.read_text())["benchmarks"] if path.exists() else []
+    """Every benchmark of the folder's bench-*.json files (one per run_all.sh bench stage; bench.json before)."""
+    return [b for path in sorted(folder.glob("bench*.json")) for b in json.loads(path.read_text())["benchmarks"]]
 
 
 def _median(benchmarks, group: str, variant: str):

@@ -3,8 +3,9 @@
 # into one file to copy back.
 #
 # usage: bash bench/remote_stage.sh STAGE [RESULTS_ARCHIVE]
-#   STAGE            tests | bench | runs | compare | targets (see bench/run_all.sh); each fits a
-#                    10-minute command, and `compare` continues where an interrupted one stopped
+#   STAGE            tests | tests-gpu | bench-kernels | bench-steps | runs | compare | targets (see
+#                    bench/run_all.sh); each is meant to fit a 10-minute command, and `compare`
+#                    continues where an interrupted one stopped
 #   RESULTS_ARCHIVE  where to write the packed results (default: $FASTGEN_REMOTE_OUT/results.tar.gz,
 #                    else ./remote-results.tar.gz); the stage's log is written beside it
 # environment:
@@ -18,7 +19,7 @@
 # After each stage, here:  tar -xzf RESULTS_ARCHIVE -C bench/results/
 set -uo pipefail
 cd "$(dirname "$0")/.."
-stage="${1:?usage: bash bench/remote_stage.sh tests|bench|runs|compare|targets [RESULTS_ARCHIVE]}"
+stage="${1:?usage: bash bench/remote_stage.sh STAGE [RESULTS_ARCHIVE] (stages: see bench/run_all.sh)}"
 archive="${2:-${FASTGEN_REMOTE_OUT:+$FASTGEN_REMOTE_OUT/results.tar.gz}}"
 archive="${archive:-$PWD/remote-results.tar.gz}"
 data="${FASTGEN_REMOTE_DATA:-.carry}"

@@ -1,6 +1,6 @@
 """Turn pytest-benchmark results into a markdown table of speed ratios against each group's yardstick.
 
-    python bench/report.py results.json > results.md
+    python bench/report.py RESULTS.json [MORE.json ...] > results.md
 
 In every group, the row named by its `extra_info["role"] == "reference"` is 1.00x; the others show
 median time, throughput where recorded, and speed-up (reference median / row median).
@@ -46,14 +46,17 @@ def header(machine_info: dict, benchmarks: list[dict]) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python bench/report.py RESULTS.json", file=sys.stderr)
+    if not argv:
+        print("usage: python bench/report.py RESULTS.json [MORE.json ...]", file=sys.stderr)
         return 2
-    with open(argv[0]) as handle:
-        data = json.load(handle)
-    print(header(data.get("machine_info", {}), data["benchmarks"]))
+    files = []
+    for name in argv:
+        with open(name) as handle:
+            files.append(json.load(handle))
+    benchmarks = [b for data in files for b in data["benchmarks"]]
+    print(header(files[0].get("machine_info", {}), benchmarks))
     print()
-    print(table(data["benchmarks"]))
+    print(table(benchmarks))
     return 0
 
 
