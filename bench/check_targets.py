@@ -63,14 +63,15 @@ def checks(folder: Path) -> list[tuple[str, str, float | None, bool | None]]:
     add("fused layer saved memory <= 0.5x eager", saved, "x", lambda v: v <= 0.5)
     add("bce_kl_loss fwd+bwd vs eager >= 3x", _ratio(bench, "bce_kl_loss forward+backward batch 4096 bf16", "fastgen", "eager"),
         "x", lambda v: v >= 3)
-    add("reparameterize fwd+bwd vs eager >= 2x", _ratio(bench, "reparameterize forward+backward batch 4096 bf16", "fastgen", "eager"),
-        "x", lambda v: v >= 2)
+    add("reparameterize fwd+bwd vs eager >= 2x",
+        _ratio(bench, "reparameterize forward+backward batch 4096 bf16", "fastgen", "eager"), "x", lambda v: v >= 2)
     add("graphed GAN step (batch 64) vs eager >= 5x", _ratio(bench, "step gan batch 64 fp32", "graphed", "eager"),
         "x", lambda v: v >= 5)
     gan = _summary(folder, "gan-10-epochs-b64")
     epoch_s = None
     if gan:
-        rows_ = [json.loads(l) for l in (folder / "runs" / "gan-10-epochs-b64" / "metrics.jsonl").read_text().splitlines()]
+        lines = (folder / "runs" / "gan-10-epochs-b64" / "metrics.jsonl").read_text().splitlines()
+        rows_ = [json.loads(line) for line in lines]
         epoch_s = sorted(r["epoch_s"] for r in rows_[1:])[len(rows_[1:]) // 2] if len(rows_) > 1 else None
     add("paper-GAN epoch at batch 64 < 0.5 s (median after the first)", epoch_s, " s", lambda v: v < 0.5)
     vae = _summary(folder, "vae-200-epochs")
