@@ -51,7 +51,7 @@ class CompiledStep:
 class GraphedStep:
     """Capture the step in a CUDA graph after warm-up steps on a side stream, then replay it.
 
-    The batch is copied into a static buffer; noise (torch's CUDA generator) and dropout keys (device
+    The step's input (the batch's indices) is copied into a static buffer; noise (torch's CUDA generator) and dropout keys (device
     tensors advanced inside the step) change on every replay. The step must not sync with the host.
     """
 

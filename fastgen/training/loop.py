@@ -1,5 +1,6 @@
-"""The epoch loop: the path of one batch is `DeviceSplit.epoch_batches` -> `DeviceSplit.batch` ->
-`Trainer.step` (compiled/graphed; fused ops) -> device-side sums, read once an epoch -> metrics.jsonl.
+"""The epoch loop: the path of one batch is `DeviceSplit.epoch_batches` (indices) -> the step built in
+`run._build_step` (compiled/graphed: `DeviceSplit.batch` gathers and scales, `Trainer.step` runs the
+fused ops) -> device-side sums, read once an epoch -> metrics.jsonl.
 
 Around the steps: a progress bar, checkpoints (at an epoch's end once --save-interval seconds have passed,
 at the last epoch and on a stop, and every --checkpoint-every steps),
@@ -39,7 +40,7 @@ class Run:
     device: torch.device
     group: distributed.Group | None
     trainer: Trainer
-    step_fn: object  # the (compiled, graphed) trainer step
+    step_fn: object  # batch indices -> the trainer's step on that batch (compiled, graphed)
     train_split: DeviceSplit
     writer: RunWriter
     data_gen: torch.Generator  # draws each epoch's permutation
@@ -119,7 +120,7 @@ def _run_steps(run: Run, progress: Progress, epoch: int, n_steps: int, epoch_gen
         sums = run.checkpoint.tensors["progress.epoch_sums"].to(run.device)
     bar = _ProgressBar(run, epoch, progress.last_epoch, n_steps, first)
     for i in range(first, n_steps):
-        stats = run.step_fn(run.train_split.batch(batches[i]))
+        stats = run.step_fn(batches[i])
         sums += stats
         progress.step += 1
         if progress.step == progress.warmup_steps:

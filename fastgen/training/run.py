@@ -90,7 +90,7 @@ def _set_up(config: TrainConfig) -> tuple[Run, torch.dtype | None, dict]:
     position = run_state.Position(epoch=1, step_in_epoch=0, step=0)
     if checkpoint is not None:
         position = _restore(checkpoint, trainer, data_gen, writer)
-    step_fn = _build_step(config, device, trainer, group, say)
+    step_fn = _build_step(config, device, trainer, train_split, group, say)
     if checkpoint is not None:
         run_state.restore_rng(checkpoint)  # the noise stream as it was after the last saved step
     if group is not None:
@@ -169,10 +169,16 @@ def _restore(checkpoint: run_state.Checkpoint, trainer, data_gen: torch.Generato
     return position
 
 
-def _build_step(config: TrainConfig, device: torch.device, trainer, group, say):
-    """The trainer's step, compiled and graphed as asked for (else the defaults), saying so."""
+def _build_step(config: TrainConfig, device: torch.device, trainer, train_split: DeviceSplit, group, say):
+    """The step from a batch's indices: the gather and scaling of the batch, then the trainer's step, compiled
+    and graphed as asked for (else the defaults), saying so. Inside the graph, a CUDA-graph replay copies
+    only the B indices into its static input, and the gather fuses with the scaling under torch.compile."""
     use_compile, use_graphs = step_paths(config, device, group is not None, say)
-    step_fn = build_step(trainer.step, device, use_compile, use_graphs, say)
+
+    def indexed_step(index: torch.Tensor) -> torch.Tensor:
+        return trainer.step(train_split.batch(index))
+
+    step_fn = build_step(indexed_step, device, use_compile, use_graphs, say)
     if use_compile and not config.quiet:
         say("compiling the training step on its first call (torch.compile: tens of seconds the first time, "
             "seconds once Inductor has cached it; --no-compile skips it)")
