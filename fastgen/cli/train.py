@@ -38,7 +38,8 @@ def build_parser() -> Parser:
     parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                         help="capture the step in a CUDA graph and replay it (default: on for CUDA)")
     parser.add_argument("--kernels", choices=KERNELS, default="auto",
-                        help="fused ops (auto: Triton on CUDA, eager fallback on CPU) or plain PyTorch (eager)")
+                        help="fused ops (auto: Triton on CUDA, plain PyTorch on the CPU), native CPU kernels (native: "
+                             "built on first use) or plain PyTorch everywhere (eager)")
     parser.add_argument("--max-steps", type=positive_int, help="stop after N optimizer steps")
     parser.add_argument("--train-images", type=positive_int,
                         help="train on the first N images of the training split only (quick experiments)")

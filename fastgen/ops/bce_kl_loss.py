@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch.library import wrap_triton
 
-from fastgen.ops.dispatch import define_op, triton_runs_on, use_fused_ops
+from fastgen.ops.dispatch import define_op, native_runs_on, triton_runs_on, use_fused_ops
 from fastgen.ops.reference import bce_kl_loss_backward_reference, bce_kl_loss_reference
 from fastgen.ops.validation import check_same, check_shape, check_tensor
 
@@ -20,6 +20,8 @@ def _blocks(D: int, L: int) -> dict:
 @define_op("fastgen::bce_kl_loss")
 def _forward(logits: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """Per-image loss in float32; all inputs contiguous, logits/target (B, D), mu/logvar (B, L)."""
+    if native_runs_on(logits.device, logits.dtype):
+        return torch.ops.fastgen_native.bce_kl_loss(logits, target, mu, logvar)
     if not triton_runs_on(logits.device):
         return bce_kl_loss_reference(logits, target, mu, logvar, reduction="none")
     from fastgen.ops.triton.bce_kl_loss import bce_kl_fwd_kernel as kernel
@@ -34,6 +36,8 @@ def _forward(logits: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logva
 @define_op("fastgen::bce_kl_loss_backward")
 def _backward_op(grad_loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, mu: torch.Tensor,
                  logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if native_runs_on(logits.device, logits.dtype):
+        return torch.ops.fastgen_native.bce_kl_loss_backward(grad_loss, logits, target, mu, logvar)
     if not triton_runs_on(logits.device):
         return bce_kl_loss_backward_reference(grad_loss, logits, target, mu, logvar)
     from fastgen.ops.triton.bce_kl_loss import bce_kl_bwd_kernel as kernel

@@ -1,7 +1,7 @@
-"""The one place that chooses between fastgen's Triton kernels and plain PyTorch.
+"""The one place that chooses between fastgen's kernels (Triton, native CPU) and plain PyTorch.
 
 `use_fused_ops(kernels, device)` is the choice a caller's `kernels=` setting makes; `triton_runs_on(device)`
-says which implementation a `fastgen::` op's body runs for its inputs' device."""
+and `native_runs_on(device, dtype)` say which implementation a `fastgen::` op's body runs for its inputs."""
 from __future__ import annotations
 
 import os
@@ -22,8 +22,9 @@ except ImportError:  # macOS / Windows wheels: eager only
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-CPU_BACKENDS = ("eager", "triton")
-# What the fused ops run on CPU tensors: the eager fallback, or (under the interpreter) the Triton kernels.
+CPU_BACKENDS = ("eager", "triton", "native")
+# What the fused ops run on CPU tensors: the eager fallback, (under the interpreter) the Triton kernels, or
+# the native kernels (kernels/, built on first use: `--kernels native`).
 _cpu_backend = "triton" if TRITON_INTERPRET and HAS_TRITON else "eager"
 
 
@@ -34,6 +35,11 @@ def set_cpu_backend(name: str) -> None:
         raise ValueError(f"CPU backend must be one of {CPU_BACKENDS}, got {name!r}")
     if name == "triton" and not (HAS_TRITON and TRITON_INTERPRET):
         raise ValueError("Triton kernels run on the CPU only under TRITON_INTERPRET=1, set before fastgen is imported")
+    if name == "native":
+        from fastgen.ops import native
+
+        if not native.load():
+            raise ValueError(f"the native CPU kernels are not available: {native.reason}")
     _cpu_backend = name
 
 
@@ -54,11 +60,18 @@ def triton_runs_on(device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and _cpu_backend == "triton")
 
 
+def native_runs_on(device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
+    """True where a fused op runs the native CPU kernels: the CPU with backend "native", a dtype they take."""
+    from fastgen.ops.native import DTYPES
+
+    return _cpu_backend == "native" and device.type == "cpu" and dtype in DTYPES
+
+
 def use_fused_ops(kernels: str, device: torch.device) -> bool:
     """Whether the functional ops call fastgen's fused ops (`kernels="triton"`, or `"auto"` where Triton runs)
     or plain PyTorch ops with the same masks and noise (`"eager"`, and `"auto"` elsewhere: on the CPU the
     plain ops measure faster, with fewer custom-op dispatches per layer)."""
-    return kernels == "triton" or (kernels == "auto" and triton_runs_on(device))
+    return kernels in ("triton", "native") or (kernels == "auto" and triton_runs_on(device))
 
 
 def define_op(name: str, *, mutates_args=()):

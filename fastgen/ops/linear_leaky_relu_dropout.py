@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch.library import wrap_triton
 
-from fastgen.ops.dispatch import define_op, triton_runs_on, use_fused_ops
+from fastgen.ops.dispatch import define_op, native_runs_on, triton_runs_on, use_fused_ops
 from fastgen.ops.reference import linear_leaky_relu_dropout_grad_pre_reference, linear_leaky_relu_dropout_reference
 from fastgen.ops.rng import check_p, keep_mask, philox_key, random_seed
 from fastgen.ops.validation import check_same, check_slope, check_tensor
@@ -20,6 +20,10 @@ def _input_precision(dtype: torch.dtype) -> str:
 @define_op("fastgen::linear_leaky_relu_dropout")
 def _forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], key: torch.Tensor,
              negative_slope: float, p: float) -> torch.Tensor:
+    if native_runs_on(x.device, x.dtype):
+        pre = torch.mm(x, weight.t())
+        torch.ops.fastgen_native.leaky_relu_dropout_(pre, bias, key, negative_slope, p)  # bias, activation, mask
+        return pre
     if not triton_runs_on(x.device):
         mask = keep_mask(key, (x.shape[0], weight.shape[0]), p) if p > 0.0 else None
         return linear_leaky_relu_dropout_reference(x, weight, bias, negative_slope, mask, p)
@@ -46,6 +50,8 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
 def _grad_pre_activation(grad_y: torch.Tensor, y: torch.Tensor, key: torch.Tensor,
                          negative_slope: float, p: float) -> torch.Tensor:
     """dL/d(pre-activation) from dL/dy, the saved output and the regenerated mask."""
+    if native_runs_on(y.device, y.dtype):
+        return torch.ops.fastgen_native.leaky_relu_dropout_grad_pre(grad_y, y, key, negative_slope, p)
     if not triton_runs_on(y.device):
         mask = keep_mask(key, y.shape, p) if p > 0.0 else None
         return linear_leaky_relu_dropout_grad_pre_reference(grad_y, y, negative_slope, mask, p)

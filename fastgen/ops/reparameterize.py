@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch.library import wrap_triton
 
-from fastgen.ops.dispatch import define_op, triton_runs_on, use_fused_ops
+from fastgen.ops.dispatch import define_op, native_runs_on, triton_runs_on, use_fused_ops
 from fastgen.ops.reference import reparameterize_grad_logvar_reference, reparameterize_reference
 from fastgen.ops.rng import normal, philox_key, random_seed
 from fastgen.ops.validation import check_same, check_shape, check_tensor
@@ -24,6 +24,8 @@ def _noise(eps, key, like):
 
 @define_op("fastgen::reparameterize")
 def _forward(mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor], key: torch.Tensor) -> torch.Tensor:
+    if native_runs_on(mu.device, mu.dtype):
+        return torch.ops.fastgen_native.reparameterize(mu, logvar, eps, key)
     if not triton_runs_on(mu.device):
         return reparameterize_reference(mu, logvar, _noise(eps, key, mu))
     from fastgen.ops.triton.reparameterize import reparameterize_fwd_kernel as kernel
@@ -37,6 +39,8 @@ def _forward(mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor]
 
 @define_op("fastgen::reparameterize_grad_logvar")
 def _grad_logvar(grad_z: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor], key: torch.Tensor) -> torch.Tensor:
+    if native_runs_on(logvar.device, logvar.dtype):
+        return torch.ops.fastgen_native.reparameterize_grad_logvar(grad_z, logvar, eps, key)
     if not triton_runs_on(logvar.device):
         return reparameterize_grad_logvar_reference(grad_z, logvar, _noise(eps, key, logvar))
     from fastgen.ops.triton.reparameterize import reparameterize_bwd_kernel as kernel

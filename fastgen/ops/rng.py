@@ -6,9 +6,9 @@ on the op's device. The Triton kernels feed it to Philox-4x32-10 with counter
 stored. Keeping the key in a device tensor lets a captured CUDA graph advance ``step`` on the
 device and draw a fresh mask on every replay.
 
-The CPU fallback draws from torch's CPU generator seeded from the same key: deterministic for a
-key, but a different stream from the GPU's. Native CPU kernels (``kernels/``) will replace it
-with the Philox stream itself.
+The eager CPU fallback draws from torch's CPU generator seeded from the same key: deterministic for
+a key, but a different stream from the GPU's. The native CPU kernels (``kernels/``, the "native" CPU
+backend) draw the Philox stream itself, bit for bit the Triton kernels' masks.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from fastgen.ops.dispatch import triton_runs_on
+from fastgen.ops.dispatch import native_runs_on, triton_runs_on
 
 _MASK64 = (1 << 64) - 1
 
@@ -130,6 +130,8 @@ def keep_mask(key: torch.Tensor, shape, p: float) -> torch.Tensor:
     uint8 rather than bool: Inductor's CPU code converts a bool mask element by element (measured
     3x slower than the whole fused leaky_relu * mask / (1 - p) with a uint8 one)."""
     shape = list(shape)
+    if p > 0.0 and native_runs_on(key.device):
+        return torch.ops.fastgen_native.keep_mask(key, shape, p)
     if p == 0.0 or not triton_runs_on(key.device):
         return eager_keep_mask(key, shape, p)
     from fastgen.ops.triton.philox import keep_mask_kernel
@@ -141,6 +143,8 @@ def keep_mask(key: torch.Tensor, shape, p: float) -> torch.Tensor:
 def normal(key: torch.Tensor, shape, dtype: torch.dtype) -> torch.Tensor:
     """The standard-normal noise `reparameterize` draws for this key and shape on the key's device."""
     shape = list(shape)
+    if native_runs_on(key.device):
+        return torch.ops.fastgen_native.normal(key, shape).to(dtype)
     if not triton_runs_on(key.device):
         return eager_normal(key, shape).to(dtype)
     from fastgen.ops.triton.philox import normal_kernel

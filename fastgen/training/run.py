@@ -6,6 +6,7 @@ checkpoint's state, the compiled/graphed step, and config.json. `loop.run_epochs
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from fastgen.config import TrainConfig
 from fastgen.data import DeviceSplit
 from fastgen.environment import cpu_has_fast_bf16, device_name, resolve_device, versions
 from fastgen.errors import FastgenError
-from fastgen.ops import triton_runs_on
+from fastgen.ops import cpu_backend, native, triton_runs_on
 from fastgen.training import checkpoint as run_state
 from fastgen.training import distributed
 from fastgen.training.compiled_step import build_step, describe
@@ -48,7 +49,8 @@ def train(config: TrainConfig) -> dict:
     try:
         run, amp_dtype, run_info = _set_up(config)
         start = time.perf_counter()
-        progress = run_epochs(run)
+        with cpu_backend("native") if run.config.kernels == "native" else contextlib.nullcontext():
+            progress = run_epochs(run)
         return _write_summary(run, progress, time.perf_counter() - start, run_info)
     except torch.OutOfMemoryError:
         batch = config.batch_size or "the default"
@@ -126,6 +128,9 @@ def _check_device_and_batch(config: TrainConfig, device: torch.device, group) ->
     if config.kernels == "triton" and not triton_runs_on(device):
         raise FastgenError("--kernels triton needs a CUDA device with Triton (or TRITON_INTERPRET=1 on the CPU); "
                            "use --kernels auto or eager")
+    if config.kernels == "native" and (device.type != "cpu" or not native.load()):
+        why = "they are CPU kernels" if device.type != "cpu" else native.reason
+        raise FastgenError(f"--kernels native cannot run here ({why}); use --kernels auto or eager")
 
 
 def resolve_amp(config: TrainConfig, device: torch.device, say=notice) -> torch.dtype | None:
@@ -202,11 +207,19 @@ def step_paths(config: TrainConfig, device: torch.device, distributed_run: bool,
     return use_compile, use_graphs
 
 
+def kernels_used(kernels: str, device: torch.device) -> str:
+    """What the fused layers run: "native" (CPU kernels), "triton", or "eager" (plain PyTorch ops)."""
+    if kernels == "native":
+        return "native"
+    return "triton" if kernels != "eager" and triton_runs_on(device) else "eager"
+
+
 def _write_run_info(run: Run, amp_dtype, cpu_tuning) -> dict:
     info = {"config": run.config.to_dict(), "device": str(run.device), "device_name": device_name(run.device),
             "amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None, "versions": versions(),
             **describe(run.step_fn),
             "triton_kernels": run.config.kernels != "eager" and triton_runs_on(run.device),
+            "kernels_used": kernels_used(run.config.kernels, run.device),
             "torch_threads": torch.get_num_threads(), "cpu_tuning": cpu_tuning,
             "world_size": run.group.world_size if run.group is not None else 1}
     run.writer.write_json("config.json", info)
