@@ -1,33 +1,41 @@
-"""One training step of each model: eager, torch.compile'd, and CUDA-graphed; float32 and bf16 autocast.
+"""One training step of each model: eager, torch.compile'd, and CUDA-graphed, and on the CPU both of the
+first two on the native CPU kernels; float32 and bf16 autocast.
 
 Each round is 20 steps on device-resident batches; compilation, autotuning and graph capture happen
 in the warm-up round and are not measured.
 """
+import contextlib
+
 import pytest
 import torch
 
 from fastgen.config import TrainConfig
 from fastgen.environment import cpu_has_fast_bf16
+from fastgen.ops import cpu_backend, native
 from fastgen.training.compiled_step import build_step, describe
 from fastgen.training.trainers import GANTrainer, VAETrainer
 
 STEPS = 20
 BATCH = {"gan": 64, "vae": 100}
-VARIANTS = {"eager": (False, False), "compiled": (True, False), "graphed": (True, True)}
+# variant: (torch.compile, CUDA graphs, kernels)
+VARIANTS = {"eager": (False, False, "auto"), "compiled": (True, False, "auto"), "graphed": (True, True, "auto"),
+            "native eager": (False, False, "native"), "native compiled": (True, False, "native")}
 
 
 @pytest.mark.parametrize("amp", ["fp32", "bf16"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("model", ["gan", "vae"])
 def test_step(benchmark, record, device, model, variant, amp):
-    compile, graphs = VARIANTS[variant]
+    compile, graphs, kernels = VARIANTS[variant]
     if graphs and device.type != "cuda":
         pytest.skip("CUDA graphs need a CUDA device")
+    if kernels == "native" and (device.type != "cpu" or not native.load()):
+        pytest.skip(f"the native kernels are CPU kernels: {native.reason or 'not on ' + device.type}")
     if amp == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
         pytest.skip("this CPU has no fast bf16 (no AVX512-BF16 or AMX): fastgen trains in float32 here")
     torch._dynamo.reset()
     torch.manual_seed(0)
-    config = TrainConfig(model=model, batch_size=BATCH[model]).resolved()
+    config = TrainConfig(model=model, batch_size=BATCH[model], kernels=kernels).resolved()
     trainer = (GANTrainer if model == "gan" else VAETrainer)(config, device, torch.bfloat16 if amp == "bf16" else None)
     notices = []
     step = build_step(trainer.step, device, compile, graphs, notices.append)
@@ -41,7 +49,8 @@ def test_step(benchmark, record, device, model, variant, amp):
             torch.cuda.synchronize()
 
     benchmark.group = f"step {model} batch {BATCH[model]} {amp}"
-    benchmark.pedantic(run, rounds=5 if device.type == "cpu" else 20, warmup_rounds=1, iterations=1)
+    with cpu_backend("native") if kernels == "native" else contextlib.nullcontext():
+        benchmark.pedantic(run, rounds=5 if device.type == "cpu" else 20, warmup_rounds=1, iterations=1)
     assert not notices, notices  # a silent fallback would mislabel the numbers
     record(variant=variant, role="reference" if variant == "eager" else "variant", model=model,
            batch_size=BATCH[model], amp=amp, steps=STEPS, path=describe(step),
