@@ -1,5 +1,4 @@
 """Benchmark set-up: device, data, and a ratio table printed at the end of `pytest bench --benchmark-only`."""
-import os
 from pathlib import Path
 
 import pytest
@@ -8,8 +7,8 @@ import torch
 from bench.report import table
 from bench.telemetry import run_info
 from fastgen.training.cpu_tuning import tune_for_cpu_training
+from tests.helpers import require_real_mnist
 
-REPO = Path(__file__).resolve().parent.parent
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 if DEVICE.type == "cpu":
     tune_for_cpu_training()  # as `fastgen.train` does, and before any benchmark starts OpenMP's threads
@@ -22,10 +21,8 @@ def device() -> torch.device:
 
 @pytest.fixture(scope="session")
 def mnist() -> Path:
-    path = Path(os.environ.get("FASTGEN_TEST_DATA", REPO.parent / "shared" / "data"))
-    if not (path / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
-        pytest.skip("real MNIST not found: set FASTGEN_TEST_DATA to a folder holding MNIST/raw/")
-    return path
+    """Real MNIST, found as the tests of quality find it (tests.helpers.find_real_mnist), else skipped."""
+    return require_real_mnist()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Test set-up: real MNIST from ../shared/data (or $FASTGEN_TEST_DATA), and the Triton interpreter.
+"""Test set-up: a synthetic MNIST the tests write themselves, real MNIST for the tests of quality, and the
+Triton interpreter.
 
 Without a GPU, TRITON_INTERPRET=1 is set here, before fastgen is imported, so the Triton kernels
 themselves run on CPU tensors in the op tests (`backend` fixture); everything else runs the
@@ -16,46 +17,54 @@ if not torch.cuda.is_available():
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 from fastgen.ops import HAS_TRITON, TRITON_INTERPRET, cpu_backend  # noqa: E402
+from tests.helpers import require_real_mnist, write_synthetic_mnist  # noqa: E402
 
 # The backend fixture deliberately holds for all examples of a test.
 settings.register_profile("fastgen", deadline=None, print_blob=True, derandomize=True,
                           suppress_health_check=[HealthCheck.function_scoped_fixture])
 settings.load_profile("fastgen")
 
-REPO = Path(__file__).resolve().parent.parent
+
+@pytest.fixture(scope="session")
+def mnist(tmp_path_factory) -> Path:
+    """A small synthetic MNIST (seven-segment digits, see tests.helpers) in torchvision's layout, written
+    once per session: the data of every test of the pipeline (training, resume, files, command lines)."""
+    return write_synthetic_mnist(tmp_path_factory.mktemp("synthetic-mnist"))
 
 
-def mnist_dir() -> Path | None:
-    candidate = Path(os.environ.get("FASTGEN_TEST_DATA", REPO.parent / "shared" / "data"))
-    return candidate if (candidate / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file() else None
-
-
-@pytest.fixture
-def mnist() -> Path:
-    found = mnist_dir()
-    if found is None:
-        pytest.skip("real MNIST not found: set FASTGEN_TEST_DATA to a folder holding MNIST/raw/")
-    return found
+@pytest.fixture(scope="session")
+def real_mnist() -> Path:
+    """Real MNIST, for the tests of quality only (skipped without it): see tests.helpers.find_real_mnist."""
+    return require_real_mnist()
 
 
 @pytest.fixture(scope="session")
 def evaluator_cache(tmp_path_factory) -> Path:
-    """An XDG cache folder holding the real MNIST evaluator, trained once per test session (about a minute)."""
-    found = mnist_dir()
-    if found is None:
-        pytest.skip("real MNIST not found: set FASTGEN_TEST_DATA to a folder holding MNIST/raw/")
+    """An XDG cache folder holding fastgen's default evaluator (the one the commands use) trained on a
+    smaller synthetic MNIST, in seconds: for the tests that need *an* evaluator. Its scores say nothing
+    about real digits; the cache key is the recipe, so the commands use it whatever --data-dir they read."""
     from fastgen.evaluation.classifier import load_evaluator
 
+    data = write_synthetic_mnist(tmp_path_factory.mktemp("evaluator-data"), train=1024, test=256, seed=10)
     root = tmp_path_factory.mktemp("xdg-cache")
-    load_evaluator("mnist", data_dir=found, download=False, folder=root / "fastgen" / "evaluators")
+    load_evaluator("mnist", data_dir=data, download=False, folder=root / "fastgen" / "evaluators", progress=False)
     return root
 
 
 @pytest.fixture(scope="session")
 def evaluator(evaluator_cache):
+    """The evaluator of `evaluator_cache`."""
     from fastgen.evaluation.classifier import load_evaluator
 
-    return load_evaluator("mnist", data_dir=mnist_dir(), download=False, folder=evaluator_cache / "fastgen" / "evaluators")
+    return load_evaluator("mnist", download=False, folder=evaluator_cache / "fastgen" / "evaluators")
+
+
+@pytest.fixture(scope="session")
+def real_evaluator(tmp_path_factory, real_mnist):
+    """fastgen's default evaluator trained on real MNIST, once per session (about a minute)."""
+    from fastgen.evaluation.classifier import load_evaluator
+
+    return load_evaluator("mnist", data_dir=real_mnist, download=False, folder=tmp_path_factory.mktemp("evaluators"))
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,5 @@
 """The command lines as a user types them: files written, seeds honoured, bad input refused in one line."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -10,17 +7,7 @@ from PIL import Image
 
 import fastgen
 from fastgen.environment import cpu_has_fast_bf16
-
-
-def run_cli(module, *args, cwd=None, cache=None):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the CLI as users run it
-    env["XDG_CACHE_HOME"] = str(cache or f"{cwd or '.'}/cache")  # never find or write a real user cache
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=600)
-
-
-def train_cli(*args, cwd=None):
-    return run_cli("fastgen.train", *args, "--no-download", "--device", "cpu", cwd=cwd)
+from tests.helpers import run_cli, train_cli
 
 
 @pytest.mark.parametrize("model", ["gan", "vae"])
@@ -112,13 +99,6 @@ def test_cuda_graphs_on_cpu_are_refused_with_a_notice_and_training_goes_on(mnist
     assert result.returncode == 0 and "--cuda-graphs needs a CUDA device" in result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cuda_graphs"] is False
-
-
-def test_missing_data_is_one_line_naming_the_places(tmp_path):
-    result = train_cli("--model", "gan", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and str(tmp_path / "nowhere") in result.stderr
-    assert not (tmp_path / "o").exists(), "no run folder is left behind when the data is missing"
 
 
 def test_out_holding_another_run_is_refused_unless_overwrite(mnist, tmp_path):

@@ -68,12 +68,21 @@ def test_a_step_that_cannot_compile_falls_back_to_eager_with_one_notice():
     assert describe(compiled) == {"compile": False, "cuda_graphs": False}
 
 
-def test_fallback_notices_stay_one_line_whatever_the_exception_says():
-    from fastgen.training.compiled_step import _describe
+@pytest.mark.parametrize("error, says", [
+    (RuntimeError(), "(RuntimeError)"),
+    (ValueError("first line\nsecond line"), "(ValueError: first line)"),
+    (ValueError("x" * 500), "(ValueError: " + "x" * 200 + ")"),
+])
+def test_fallback_notices_stay_one_line_whatever_the_exception_says(monkeypatch, error, says):
+    def compiled(x):
+        raise error
 
-    assert _describe(RuntimeError()) == "RuntimeError"
-    assert _describe(ValueError("first line\nsecond line")) == "ValueError: first line"
-    assert _describe(ValueError("x" * 500)) == "ValueError: " + "x" * 200
+    monkeypatch.setattr(torch, "compile", lambda step, **options: compiled)  # a compiler failing this way
+    notices = []
+    step = build_step(lambda x: x.sum(), torch.device("cpu"), compile=True, cuda_graphs=False, notice=notices.append)
+    assert step(torch.ones(3)).item() == 3.0 and step(torch.ones(3)).item() == 3.0
+    assert notices == [f"torch.compile failed {says}; training continues without compilation"]
+    assert describe(step) == {"compile": False, "cuda_graphs": False}
 
 
 def test_cuda_graphs_are_not_applied_on_cpu():
@@ -104,7 +113,7 @@ def test_step_adam_matches_torch_adam(fused, compiled):
     ours = StepAdam([a], 1e-2, (0.5, 0.999), torch.device("cpu"), fused=fused)
     update = torch.compile(ours.step, fullgraph=True) if compiled else ours.step
     theirs = torch.optim.Adam([b], lr=1e-2, betas=(0.5, 0.999))
-    for i in range(5):
+    for _ in range(5):
         g = torch.randn(5, 4)
         update([g])
         b.grad = g.clone()

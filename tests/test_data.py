@@ -1,32 +1,11 @@
-"""The IDX reader and the data search, on small files the tests write themselves, and on real MNIST."""
-import gzip
-import struct
-
+"""The IDX reader and the data search, on small files the tests write themselves, and real MNIST's files."""
 import numpy as np
 import pytest
 import torch
 
-from fastgen.data import DeviceSplit, load_split, read_idx, search_dirs
+from fastgen.data import DeviceSplit, find_data_dir, load_split, read_idx, search_dirs
 from fastgen.errors import DataError
-
-
-def write_idx(path, array: np.ndarray, magic=None, truncate=0, gz=False):
-    magic = magic if magic is not None else 0x800 + array.ndim
-    raw = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape) + array.astype(np.uint8).tobytes()
-    raw = raw[: len(raw) - truncate] if truncate else raw
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(raw) if gz else raw)
-    return path
-
-
-def write_split(root, n=10, gz=False, folder="MNIST/raw"):
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n, 28, 28))
-    labels = rng.integers(0, 10, n)
-    suffix = ".gz" if gz else ""
-    write_idx(root / folder / f"train-images-idx3-ubyte{suffix}", images, gz=gz)
-    write_idx(root / folder / f"train-labels-idx1-ubyte{suffix}", labels, gz=gz)
-    return images, labels
+from tests.helpers import SYNTHETIC_TEST, SYNTHETIC_TRAIN, train_cli, write_idx, write_split
 
 
 @pytest.fixture(autouse=True)
@@ -78,35 +57,69 @@ def test_label_count_mismatch(tmp_path):
 def test_missing_data_names_every_place_tried(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTGEN_DATA", str(tmp_path / "env"))
     with pytest.raises(DataError) as info:
-        load_split("fashion-mnist", "train", tmp_path / "flag", download=False)
+        load_split("fashion-mnist", "train", None, download=False)
     message = str(info.value)
-    for place in (tmp_path / "flag", tmp_path / "env", tmp_path / "cache" / "fastgen" / "data",
-                  "/usr/share/datasets/fashion-mnist"):
+    for place in (tmp_path / "env", tmp_path / "cache" / "fastgen" / "data", "/usr/share/datasets/fashion-mnist"):
         assert str(place) in message
-    assert "\n" not in message
+    assert "--data-dir" in message and "\n" not in message
 
 
-def test_search_order_flag_then_env_then_cache(tmp_path, monkeypatch):
+def test_search_order_env_then_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTGEN_DATA", "/env")
-    dirs = search_dirs("mnist", "/flag")
-    assert [str(d) for d in dirs] == ["/flag", "/env", str(tmp_path / "cache" / "fastgen" / "data")]
+    cache = str(tmp_path / "cache" / "fastgen" / "data")
+    assert [str(d) for d in search_dirs("mnist")] == ["/env", cache]
+    assert [str(d) for d in search_dirs("fashion-mnist")] == ["/env", cache, "/usr/share/datasets/fashion-mnist"]
+    monkeypatch.delenv("FASTGEN_DATA")
+    assert [str(d) for d in search_dirs("mnist")] == [cache]
 
 
-def test_flag_wins_over_env(tmp_path, monkeypatch):
-    flag_images, _ = write_split(tmp_path / "flag", n=3)
+def test_without_data_dir_fastgen_data_comes_before_the_cache(tmp_path, monkeypatch):
+    write_split(tmp_path / "env", n=5)
+    write_split(tmp_path / "cache" / "fastgen" / "data", n=7)
+    monkeypatch.setenv("FASTGEN_DATA", str(tmp_path / "env"))
+    assert load_split("mnist", "train", None, download=False)[0].shape[0] == 5
+    assert find_data_dir("mnist") == tmp_path / "env"
+    monkeypatch.delenv("FASTGEN_DATA")
+    assert load_split("mnist", "train", None, download=False)[0].shape[0] == 7
+    assert find_data_dir("mnist") == tmp_path / "cache" / "fastgen" / "data"
+    assert find_data_dir("mnist", "test") is None  # only the training split was written
+
+
+def test_an_explicit_data_dir_is_the_only_place_looked_at(tmp_path, monkeypatch):
+    write_split(tmp_path / "flag", n=3)
     write_split(tmp_path / "env", n=5)
     monkeypatch.setenv("FASTGEN_DATA", str(tmp_path / "env"))
     assert load_split("mnist", "train", tmp_path / "flag", download=False)[0].shape[0] == 3
-    assert load_split("mnist", "train", None, download=False)[0].shape[0] == 5
+    (tmp_path / "empty").mkdir()
+    for missing, says in ((tmp_path / "empty", "holds no mnist train split"), (tmp_path / "nowhere", "does not exist")):
+        with pytest.raises(DataError, match=says) as info:
+            load_split("mnist", "train", missing, download=False)
+        assert str(missing) in str(info.value) and str(tmp_path / "env") not in str(info.value)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty"])
+def test_train_refuses_an_explicit_data_dir_without_data_even_when_fastgen_data_holds_it(mnist, tmp_path, case):
+    """The valid $FASTGEN_DATA is not a fallback for a mistyped --data-dir: one line naming the flag's folder, exit 2."""
+    data_dir = tmp_path / case
+    if case == "empty":
+        data_dir.mkdir()
+    result = train_cli("--model", "gan", "--max-steps", "1", "--data-dir", str(data_dir), "--out", str(tmp_path / "run"),
+                       env={"FASTGEN_DATA": mnist})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"--data-dir {data_dir} " in lines[0], result.stderr
+    assert ("does not exist" if case == "missing" else "holds no mnist train split") in lines[0]
+    assert str(mnist) not in lines[0] and not (tmp_path / "run").exists()
 
 
 def test_failed_download_is_one_clear_error(tmp_path, monkeypatch):
-    import fastgen.data
+    import torchvision
 
-    def no_network(dataset, root):
-        raise RuntimeError("Error downloading:\nTried https://example/, got:\n<urlopen error> network unreachable\n")
+    class NoNetwork:  # torchvision's dataset class, failing as it does without a network
+        def __init__(self, root, train=True, download=False):
+            raise RuntimeError("Error downloading:\nTried https://example/, got:\n<urlopen error> network unreachable\n")
 
-    monkeypatch.setattr(fastgen.data, "_download", no_network)
+    monkeypatch.setattr(torchvision.datasets, "MNIST", NoNetwork)
     with pytest.raises(DataError, match="downloading it failed.*network unreachable") as info:
         load_split("mnist", "train", tmp_path, download=True)
     assert "\n" not in str(info.value)
@@ -123,9 +136,22 @@ def test_device_split_scales_on_the_device_and_batches_without_repeats(tmp_path)
     assert batches.shape == (3, 3) and len(set(batches.flatten().tolist())) == 9  # the partial batch is dropped
 
 
-def test_real_mnist_loads(mnist):
-    images, labels = load_split("mnist", "test", mnist, download=False)
+def test_real_mnist_loads(real_mnist):
+    """The real files (what the tests of quality read) have MNIST's sizes, and fastgen reads both splits."""
+    images, labels = load_split("mnist", "test", real_mnist, download=False)
     assert images.shape == (10_000, 28, 28) and labels.max() == 9 and labels.min() == 0
+    assert load_split("mnist", "train", real_mnist, download=False)[0].shape == (60_000, 28, 28)
+
+
+def test_the_synthetic_mnist_has_both_splits_of_ten_distinct_digits(mnist):
+    """The tests of the pipeline run on these: torchvision's layout, both splits, every label, ink on black."""
+    for split, n in (("train", SYNTHETIC_TRAIN), ("test", SYNTHETIC_TEST)):
+        images, labels = load_split("mnist", split, mnist, download=False)
+        assert images.shape == (n, 28, 28) and sorted(labels.unique().tolist()) == list(range(10))
+        ink = images.float().mean((1, 2))
+        assert 10 < ink.mean() < 80 and images[:, 0, :].float().mean() < 5  # strokes, not noise; margins empty
+        means = torch.stack([images[labels == d].float().mean(0) for d in range(10)]).flatten(1)
+        assert torch.cdist(means, means).add(torch.eye(10) * 1e9).min() > 100  # every digit its own shape
 
 
 def test_fashion_mnist_from_debians_gzipped_folder(tmp_path, monkeypatch):
@@ -134,5 +160,5 @@ def test_fashion_mnist_from_debians_gzipped_folder(tmp_path, monkeypatch):
 
     images, _ = write_split(tmp_path / "debian", n=4, gz=True, folder=".")
     monkeypatch.setattr(fastgen.data, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
-    got, _ = load_split("fashion-mnist", "train", tmp_path / "empty", download=False)
+    got, _ = load_split("fashion-mnist", "train", None, download=False)
     assert np.array_equal(got.numpy(), images)

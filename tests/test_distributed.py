@@ -1,6 +1,5 @@
 """torchrun on the CPU: 2 processes on gloo train data-parallel, rank 0 alone writes, resume works."""
 import json
-import os
 import subprocess
 import sys
 
@@ -8,15 +7,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_cli import train_cli
+from tests.helpers import cli_env, train_cli
 
 
 def torchrun(*args, cwd):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["XDG_CACHE_HOME"] = str(cwd / "cache")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "fastgen.train", *args, "--no-download", "--device", "cpu", "--quiet"]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+    return subprocess.run(command, capture_output=True, text=True, env=cli_env(), cwd=cwd, timeout=600)
 
 
 def _rows(out):

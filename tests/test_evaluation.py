@@ -1,4 +1,8 @@
-"""The evaluator, its cache, the scores' sanity on real data, the VAE likelihood, and the two CLIs."""
+"""The evaluator, its cache, the scores' sanity on real data, the VAE likelihood, and the two CLIs.
+
+The tests of quality (the evaluator's accuracy, the scores of real digits) need real MNIST; the others
+run on the synthetic MNIST, with an evaluator trained on synthetic digits where they need one.
+"""
 import json
 import math
 
@@ -7,16 +11,19 @@ import torch
 
 from fastgen import VAE, Generator
 from fastgen.data import load_split
-from fastgen.evaluation.classifier import Recipe, _accuracy, evaluator_path, load_evaluator
+from fastgen.errors import DataError
+from fastgen.evaluation.classifier import Recipe, evaluator_path, load_evaluator, to_unit
 from fastgen.evaluation.likelihood import iwae_nll, loss_per_image
 from fastgen.evaluation.scoring import evaluate, reference_scores
-from tests.test_cli import run_cli, train_cli
+from fastgen.models.weights import read_weights
+from tests.helpers import run_cli, train_cli, write_split
 
 
-def test_evaluator_reaches_99_percent_on_the_mnist_test_split(evaluator, mnist):
-    assert evaluator.accuracy >= 0.99
-    images, labels = load_split("mnist", "test", mnist, download=False)
-    assert _accuracy(evaluator.network.cpu(), images, labels) == evaluator.accuracy  # the recorded one is real
+def test_evaluator_reaches_99_percent_on_the_mnist_test_split(real_evaluator, real_mnist):
+    assert real_evaluator.accuracy >= 0.99
+    images, labels = load_split("mnist", "test", real_mnist, download=False)
+    _, probs = real_evaluator.to("cpu").features_and_probs(to_unit(images))
+    assert (probs.argmax(1) == labels).double().mean().item() == real_evaluator.accuracy  # the recorded one is real
 
 
 def test_evaluator_cache_is_reused_and_a_corrupt_file_retrains(tmp_path, mnist):
@@ -42,8 +49,8 @@ def test_evaluator_cache_is_reused_and_a_corrupt_file_retrains(tmp_path, mnist):
     assert evaluator_path("mnist", Recipe(epochs=2, train_images=512), tmp_path) != path
 
 
-def test_training_split_scores_near_best_and_noise_far_worse(evaluator, mnist):
-    ref = reference_scores(evaluator, n=3000, data_dir=mnist, download=False)
+def test_training_split_scores_near_best_and_noise_far_worse(real_evaluator, real_mnist):
+    ref = reference_scores(real_evaluator, n=3000, data_dir=real_mnist, download=False)
     real, noise = ref["train_split"], ref["uniform_noise"]
     assert real["frechet_distance"] < 5 and noise["frechet_distance"] > 100 * real["frechet_distance"]
     assert real["inception_style_score"] > 9.3 and noise["inception_style_score"] < 2
@@ -69,18 +76,21 @@ def test_iwae_bound_tightens_with_k_and_k1_matches_the_test_loss(mnist):
 
 def test_evaluate_api_on_a_generator_module(evaluator, mnist):
     torch.manual_seed(0)
-    result = evaluate(Generator(), n=200, device="cpu", data_dir=mnist, download=False, evaluator=evaluator,
-                      reference=False)
+    result = evaluate(Generator(), n=200, device="cpu", data_dir=mnist, download=False, evaluator=evaluator)
     assert result["model"] == "gan" and result["n"] == 200 and "test_loss" not in result
     assert all(math.isfinite(result[k]) for k in ("frechet_distance", "inception_style_score", "precision", "recall"))
-    # An untrained generator is far from the digits.
-    assert result["frechet_distance"] > 100
+    # An untrained generator is far from the digits: far worse than the training split scored the same way.
+    assert result["frechet_distance"] > 10 * result["reference"]["train_split"]["frechet_distance"]
+    assert result["recall"] < result["reference"]["train_split"]["recall"]
+    without = evaluate(Generator(), n=200, device="cpu", data_dir=mnist, download=False, evaluator=evaluator,
+                       reference=False)
+    assert "reference" not in without
 
 
 def test_evaluate_cli_writes_eval_json_for_a_vae_run(tmp_path, mnist, evaluator_cache):
     out = tmp_path / "run"
     assert train_cli("--model", "vae", "--max-steps", "30", "--data-dir", str(mnist), "--out", str(out),
-                     "--quiet").returncode == 0
+                     "--quiet", "--no-compile").returncode == 0
     result = run_cli("fastgen.evaluate", str(out), "--n", "300", "--iwae-k", "5", "--device", "cpu",
                      "--data-dir", str(mnist), "--no-download", cwd=tmp_path, cache=evaluator_cache)
     assert result.returncode == 0, result.stderr
@@ -91,22 +101,52 @@ def test_evaluate_cli_writes_eval_json_for_a_vae_run(tmp_path, mnist, evaluator_
     assert "frechet distance" in result.stdout and "IWAE NLL, k=5" in result.stdout
 
 
+@pytest.fixture(scope="module")
+def gan_run(tmp_path_factory, mnist):
+    """A 2-step GAN run, trained once for the refusals below."""
+    run_dir = tmp_path_factory.mktemp("gan") / "run"
+    result = train_cli("--model", "gan", "--max-steps", "2", "--data-dir", str(mnist), "--out", str(run_dir), "--quiet",
+                       "--no-compile")
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
 @pytest.mark.parametrize("args, message", [
     (["no-such-run"], "no fastgen weights at no-such-run"),
     (["RUN", "--iwae-k", "5001"], "--iwae-k must be in [1, 5000]"),
     (["RUN", "--n", "3"], "--n must be larger than 3"),
     (["RUN", "--n", "0"], "argument --n: must be >= 1"),
 ])
-def test_evaluate_cli_refuses_bad_input_in_one_line(tmp_path, mnist, evaluator_cache, args, message):
-    run_dir = tmp_path / "run"
-    if "RUN" in args:
-        assert train_cli("--model", "gan", "--max-steps", "2", "--data-dir", str(mnist), "--out", str(run_dir),
-                         "--quiet").returncode == 0
-    args = [str(run_dir) if a == "RUN" else a for a in args]
+def test_evaluate_cli_refuses_bad_input_in_one_line(tmp_path, mnist, evaluator_cache, gan_run, args, message):
+    args = [str(gan_run) if a == "RUN" else a for a in args]
     result = run_cli("fastgen.evaluate", *args, "--device", "cpu", "--data-dir", str(mnist), "--no-download",
                      cwd=tmp_path, cache=evaluator_cache)
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (gan_run / "eval.json").exists()
+
+
+def test_evaluate_cli_reads_the_data_the_run_was_trained_on(tmp_path, mnist, evaluator_cache):
+    """No --data-dir: the run's recorded (absolute) --data-dir is read, not $FASTGEN_DATA nor the cache.
+    A relative --data-dir is given to training; evaluate runs elsewhere with $FASTGEN_DATA holding a corrupt
+    MNIST, which fails loudly if it is read."""
+    run_dir = tmp_path / "run"
+    trained = train_cli("--model", "vae", "--max-steps", "2", "--data-dir", mnist.name, "--out", str(run_dir),
+                        "--quiet", "--no-compile", cwd=mnist.parent)
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads((run_dir / "config.json").read_text())["config"]["data_dir"] == str(mnist.resolve())
+    assert json.loads(read_weights(run_dir)[1]["config"])["data_dir"] == str(mnist.resolve())  # what evaluate reads
+    write_split(tmp_path / "corrupt", n=64, split="train")
+    write_split(tmp_path / "corrupt", n=64, split="test")
+    (tmp_path / "corrupt" / "MNIST" / "raw" / "t10k-images-idx3-ubyte").write_bytes(b"\0\0\x08\x03")
+    with pytest.raises(DataError, match="truncated"):  # reading it fails
+        load_split("mnist", "test", tmp_path / "corrupt", download=False)
+    (tmp_path / "elsewhere").mkdir()
+    result = run_cli("fastgen.evaluate", str(run_dir), "--n", "50", "--iwae-k", "1", "--device", "cpu", "--no-download",
+                     cwd=tmp_path / "elsewhere", cache=evaluator_cache, env={"FASTGEN_DATA": tmp_path / "corrupt"})
+    assert result.returncode == 0, result.stderr
+    scores = json.loads((run_dir / "eval.json").read_text())
+    assert scores["model"] == "vae" and set(scores["reference"]) == {"train_split", "uniform_noise"}
 
 
 def test_compare_quick_end_to_end_then_reuses_its_runs(tmp_path, mnist, evaluator_cache):

@@ -7,12 +7,11 @@ import torch
 from safetensors.torch import load_file
 
 import fastgen
-from fastgen.errors import FastgenError
-from fastgen.models.weights import atomic_write_text
+from fastgen.errors import FastgenError, Interrupted
+from fastgen.files import atomic_write, atomic_write_text
 from fastgen.training import checkpoint as run_state
-from fastgen.training.run import Interrupted
 from fastgen.training.trainers import GANTrainer
-from tests.test_cli import run_cli
+from tests.helpers import run_cli, write_split
 
 
 def _config(mnist, out, **overrides):
@@ -141,23 +140,18 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
             handle.write("half")
         raise OSError("disk full")
 
-    from fastgen.models.weights import atomic_write
-
     with pytest.raises(OSError):
         atomic_write(path, broken)
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
 
 
 def test_checkpoint_of_another_fastgen_minor_version_is_refused(mnist, tmp_path):
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+    from fastgen.files import read_checked_safetensors, write_checked_safetensors
 
     fastgen.train(_config(mnist, tmp_path / "run", max_steps=2))
     path = tmp_path / "run" / "checkpoint.safetensors"
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = {**handle.metadata(), "fastgen_version": "0.0.9"}
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    save_file(tensors, str(path), metadata=metadata)
+    tensors, metadata = read_checked_safetensors(path, "checkpoint")
+    write_checked_safetensors(path, tensors, {**metadata, "fastgen_version": "0.0.9"})  # a valid file of 0.0.9
     with pytest.raises(FastgenError, match="written by fastgen 0.0.9"):
         fastgen.train(fastgen.TrainConfig(resume=str(tmp_path / "run")))
 
@@ -179,8 +173,6 @@ def _rss_mib() -> float:
 def test_memory_is_flat_across_many_short_epochs(tmp_path, monkeypatch):
     """60 epochs of 2 steps on a tiny split: resident memory after epoch 60 within 25 MiB of epoch 10."""
     from fastgen.training.run_files import RunWriter
-    from tests.test_data import write_split
-
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     write_split(tmp_path / "data", n=64)
     rss = []
