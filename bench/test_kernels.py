@@ -10,8 +10,9 @@ from fastgen.ops import bce_kl_loss, linear_leaky_relu_dropout, reparameterize
 from fastgen.ops.reference import bce_kl_loss_reference, reparameterize_reference
 from fastgen.ops.rng import philox_key
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="Triton kernel timings need a GPU (the CPU interpreter's are meaningless)")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(),
+                                 reason="Triton kernel timings need a GPU (the CPU interpreter's are meaningless)")]
 
 BATCHES = [64, 512, 4096]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

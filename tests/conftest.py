@@ -67,6 +67,16 @@ def real_evaluator(tmp_path_factory, real_mnist):
     return load_evaluator("mnist", data_dir=real_mnist, download=False, folder=tmp_path_factory.mktemp("evaluators"))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` (select them all with `-m gpu`) skip where there is no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (marked gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _eager_cpu_by_default():
     """Tests run the CPU fallback unless they ask for the interpreted kernels through `backend`."""

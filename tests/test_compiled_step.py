@@ -9,7 +9,7 @@ from fastgen.training.optim import DeviceLossScaler, StepAdam
 from fastgen.training.trainers import GANTrainer, VAETrainer
 
 TRAINERS = {"gan": GANTrainer, "vae": VAETrainer}
-cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+cuda_only = pytest.mark.gpu
 
 
 def _run(model, device, mnist, steps, compile=False, cuda_graphs=False, amp_dtype=None):
@@ -146,10 +146,15 @@ def test_fp16_loss_scaling_compiles_without_a_graph_break():
 @cuda_only
 @pytest.mark.parametrize("model", ["gan", "vae"])
 def test_graphed_step_matches_eager_on_cuda(mnist, model):
+    """As the CPU test above: the same noise (Inductor falls back to torch's generator, which CUDA graphs
+    replay safely), step 1 equal to float32 rounding, 1% over 20 steps. Not yet run on a GPU."""
+    torch._dynamo.reset()
     eager, _, _, _ = _run(model, torch.device("cuda"), mnist, 20)
-    graphed, path, notices, _ = _run(model, torch.device("cuda"), mnist, 20, compile=True, cuda_graphs=True)
+    with torch._inductor.config.patch(fallback_random=True):
+        graphed, path, notices, _ = _run(model, torch.device("cuda"), mnist, 20, compile=True, cuda_graphs=True)
     assert notices == [] and path == {"compile": True, "cuda_graphs": True}, notices
-    assert torch.allclose(graphed, eager, rtol=1e-3, atol=1e-3)
+    assert torch.allclose(graphed[0], eager[0], rtol=1e-5, atol=1e-6)
+    assert torch.allclose(graphed, eager, rtol=1e-2, atol=1e-3), (graphed - eager).abs().max()
 
 
 @cuda_only

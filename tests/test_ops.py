@@ -244,7 +244,7 @@ def test_triton_masks_follow_the_published_philox_stream(seed, step):
     assert np.array_equal(mask.numpy(), keep_mask(seed, step, n, p))
 
 
-cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+cuda_only = pytest.mark.gpu
 
 
 @cuda_only

@@ -80,7 +80,6 @@ def test_resume_at_an_epoch_boundary_is_bit_identical(mnist, tmp_path, model, co
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("model", ["gan", "vae"])
 def test_resume_on_cuda_with_compile_and_graphs_matches_within_tolerance(mnist, tmp_path, model):
     # The CUDA path (compiled, graph-captured, Triton kernels) is not bit-reproducible run to run
