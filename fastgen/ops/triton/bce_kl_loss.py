@@ -49,3 +49,21 @@ def bce_kl_bwd_kernel(grad_loss_ptr, logits_ptr, target_ptr, mu_ptr, logvar_ptr,
         tl.store(grad_mu_ptr + row * L + offs, (g * mu).to(grad_mu_ptr.dtype.element_ty), mask=m)
         grad_lv = g * 0.5 * (tl.exp(logvar) - 1.0)
         tl.store(grad_logvar_ptr + row * L + offs, grad_lv.to(grad_logvar_ptr.dtype.element_ty), mask=m)
+
+
+# For the ahead-of-time build (see linear_leaky_relu_dropout.AOT_BUILDS): types and launcher values.
+# The launcher passes next_power_of_2(D) and next_power_of_2(L), each capped at 1024.
+_BLOCKS = tuple(2**i for i in range(11))
+AOT_BUILDS = {
+    "bce_kl_fwd_kernel": dict(
+        args=dict(logits_ptr="*{dtype}", target_ptr="*{dtype}", mu_ptr="*{dtype}", logvar_ptr="*{dtype}",
+                  loss_ptr="*fp32", D="i32", L="i32", BLOCK_D="constexpr", BLOCK_L="constexpr"),
+        constexprs=dict(BLOCK_D=_BLOCKS, BLOCK_L=_BLOCKS),
+    ),
+    "bce_kl_bwd_kernel": dict(
+        args=dict(grad_loss_ptr="*fp32", logits_ptr="*{dtype}", target_ptr="*{dtype}", mu_ptr="*{dtype}",
+                  logvar_ptr="*{dtype}", grad_logits_ptr="*{dtype}", grad_mu_ptr="*{dtype}",
+                  grad_logvar_ptr="*{dtype}", D="i32", L="i32", BLOCK_D="constexpr", BLOCK_L="constexpr"),
+        constexprs=dict(BLOCK_D=_BLOCKS, BLOCK_L=_BLOCKS),
+    ),
+}

@@ -11,23 +11,65 @@ import triton.language as tl
 from fastgen.ops.dispatch import TRITON_INTERPRET
 from fastgen.ops.triton.philox import philox_keep
 
-if TRITON_INTERPRET:  # the numpy interpreter: one large tile, no tuning
-    _CONFIGS = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8})]
+
+def _tile(block_m, block_n, block_k, warps, stages):
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8},
+                         num_warps=warps, num_stages=stages)
+
+
+# The autotuner's configs on a GPU, chosen so that no build spills a register on sm_80 or sm_90 (checked ahead
+# of time, without a GPU, by tests/test_gpu_builds.py), whatever the layout and alignment of x and w. Left to
+# itself ptxas sometimes stops at an occupancy step (64, 96, 128 or 168 registers) and spills a few bytes to
+# stay there; these tiles are the ones it builds without spilling. (A `maxnreg` would stop that, but
+# torch.compile drops it when it compiles a user kernel's configs.)
+# Tensor cores (fp16, bf16; fp32 as TF32): BLOCK_K 32, because operands that are not 16-byte aligned (K = 100,
+# a strided x) are staged through registers, and with BLOCK_K 64 that alone spills.
+TENSOR_CORE_CONFIGS = [
+    _tile(128, 128, 32, 8, 3),
+    _tile(64, 128, 32, 8, 3),
+    _tile(64, 64, 32, 4, 3),
+    _tile(16, 64, 32, 4, 3),
+]
+# Dropout draws a Philox block (four 32-bit words live while it is computed) for every element of the tile:
+# at most 32 elements a thread (64 accumulators a thread and their 256 words do not fit in 255 registers).
+DROPOUT_CONFIGS = [c for c in TENSOR_CORE_CONFIGS
+                   if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 32 * 32 * c.num_warps]
+# fp32 with INPUT_PRECISION="ieee" multiplies on the FMA units, each thread holding its rows and columns of a
+# BLOCK_K slice in registers: short slices.
+FMA_CONFIGS = [
+    _tile(128, 64, 8, 8, 3),
+    _tile(64, 128, 8, 8, 3),
+    _tile(32, 64, 32, 4, 3),
+]
+GPU_CONFIGS = TENSOR_CORE_CONFIGS + [c for c in FMA_CONFIGS if c not in TENSOR_CORE_CONFIGS]
+# The numpy interpreter: one large tile, no tuning.
+INTERPRETER_CONFIGS = [_tile(64, 64, 64, 4, 3)]
+
+
+def gpu_configs(dtype: str, HAS_DROPOUT: bool, INPUT_PRECISION: str, **_) -> list:
+    """The configs the autotuner tries for one variant; `dtype` is the Triton name of x's type (fp32, fp16, bf16)."""
+    if dtype == "fp32" and INPUT_PRECISION == "ieee":
+        return FMA_CONFIGS
+    return DROPOUT_CONFIGS if HAS_DROPOUT else TENSOR_CORE_CONFIGS
+
+
+_DTYPE_NAMES = {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16"}
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    args = {**named_args, **kwargs}
+    allowed = gpu_configs(_DTYPE_NAMES.get(str(args["x_ptr"].dtype), "fp16"), args["HAS_DROPOUT"], args["INPUT_PRECISION"])
+    return [c for c in configs if c in allowed]
+
+
+if TRITON_INTERPRET:
+    _autotune = triton.autotune(configs=INTERPRETER_CONFIGS, key=["M", "N", "K", "HAS_DROPOUT", "INPUT_PRECISION"])
 else:
-    _CONFIGS = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
-        for bm, bn, bk, w, s in [
-            (128, 128, 64, 8, 3),
-            (128, 64, 64, 4, 4),
-            (64, 128, 64, 4, 4),
-            (64, 64, 64, 4, 4),
-            (32, 64, 64, 4, 4),
-            (16, 64, 128, 4, 3),
-        ]
-    ]
+    _autotune = triton.autotune(configs=GPU_CONFIGS, key=["M", "N", "K", "HAS_DROPOUT", "INPUT_PRECISION"],
+                                prune_configs_by={"early_config_prune": _prune_configs})
 
 
-@triton.autotune(configs=_CONFIGS, key=["M", "N", "K", "HAS_DROPOUT"])
+@_autotune
 @triton.jit
 def linear_leaky_relu_dropout_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, key_ptr,
@@ -89,3 +131,27 @@ def linear_leaky_relu_dropout_bwd_kernel(
         p32 = tl.cast(p, tl.float32)
         d = tl.where(philox_keep(key_ptr, offs, p32), d / (1.0 - p32), 0.0)
     tl.store(grad_pre_ptr + offs, (g * d).to(grad_pre_ptr.dtype.element_ty), mask=in_bounds)
+
+
+# For the ahead-of-time build (bench/static_report.py, tests/test_gpu_builds.py), per kernel: each
+# parameter's Triton type ("{dtype}" is the op's float type: fp32, fp16 or bf16), every value each
+# constexpr can take from the launcher (per dtype where it depends on it), the unit strides Triton
+# turns into the constant 1 for the layouts the launcher accepts, and the autotuner's configs.
+AOT_BUILDS = {
+    "linear_leaky_relu_dropout_fwd_kernel": dict(
+        args=dict(x_ptr="*{dtype}", w_ptr="*{dtype}", b_ptr="*{dtype}", y_ptr="*{dtype}", key_ptr="*i64",
+                  M="i32", N="i32", K="i32", stride_xm="i32", stride_xk="i32", stride_wn="i32", stride_wk="i32",
+                  negative_slope="fp32", p="fp32", HAS_BIAS="constexpr", HAS_DROPOUT="constexpr",
+                  INPUT_PRECISION="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr",
+                  GROUP_M="constexpr"),
+        constexprs=dict(HAS_BIAS=(False, True), HAS_DROPOUT=(False, True),
+                        INPUT_PRECISION={"fp32": ("ieee", "tf32"), "fp16": ("ieee",), "bf16": ("ieee",)}),
+        layouts={"x row-major": dict(stride_xk=1, stride_wk=1), "x column-major": dict(stride_xm=1, stride_wk=1)},
+        configs=gpu_configs,
+    ),
+    "linear_leaky_relu_dropout_bwd_kernel": dict(
+        args=dict(grad_y_ptr="*{dtype}", y_ptr="*{dtype}", grad_pre_ptr="*{dtype}", key_ptr="*i64",
+                  n_elements="i32", negative_slope="fp32", p="fp32", HAS_DROPOUT="constexpr", BLOCK="constexpr"),
+        constexprs=dict(HAS_DROPOUT=(False, True), BLOCK=(1024,)),
+    ),
+}

@@ -46,3 +46,16 @@ def keep_mask_kernel(key_ptr, out_ptr, n_elements, p, BLOCK: tl.constexpr):
 def normal_kernel(key_ptr, out_ptr, n_elements, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     tl.store(out_ptr + offs, philox_normal(key_ptr, offs), mask=offs < n_elements)
+
+
+# For the ahead-of-time build (see linear_leaky_relu_dropout.AOT_BUILDS): types and launcher values.
+AOT_BUILDS = {
+    "keep_mask_kernel": dict(
+        args=dict(key_ptr="*i64", out_ptr="*u8", n_elements="i32", p="fp32", BLOCK="constexpr"),
+        constexprs=dict(BLOCK=(1024,)),
+    ),
+    "normal_kernel": dict(
+        args=dict(key_ptr="*i64", out_ptr="*fp32", n_elements="i32", BLOCK="constexpr"),
+        constexprs=dict(BLOCK=(1024,)),
+    ),
+}

@@ -37,3 +37,18 @@ def reparameterize_bwd_kernel(grad_z_ptr, logvar_ptr, eps_ptr, key_ptr, grad_log
     logvar, eps = _load_latent(logvar_ptr, eps_ptr, key_ptr, offs, in_bounds, HAS_EPS)
     grad_logvar = 0.5 * g * tl.exp(0.5 * logvar) * eps
     tl.store(grad_logvar_ptr + offs, grad_logvar.to(grad_logvar_ptr.dtype.element_ty), mask=in_bounds)
+
+
+# For the ahead-of-time build (see linear_leaky_relu_dropout.AOT_BUILDS): types and launcher values.
+AOT_BUILDS = {
+    "reparameterize_fwd_kernel": dict(
+        args=dict(mu_ptr="*{dtype}", logvar_ptr="*{dtype}", eps_ptr="*{dtype}", key_ptr="*i64", z_ptr="*{dtype}",
+                  n_elements="i32", HAS_EPS="constexpr", BLOCK="constexpr"),
+        constexprs=dict(HAS_EPS=(False, True), BLOCK=(1024,)),
+    ),
+    "reparameterize_bwd_kernel": dict(
+        args=dict(grad_z_ptr="*{dtype}", logvar_ptr="*{dtype}", eps_ptr="*{dtype}", key_ptr="*i64",
+                  grad_logvar_ptr="*{dtype}", n_elements="i32", HAS_EPS="constexpr", BLOCK="constexpr"),
+        constexprs=dict(HAS_EPS=(False, True), BLOCK=(1024,)),
+    ),
+}
