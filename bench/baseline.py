@@ -4,6 +4,7 @@ What a tutorial (and the paper's published code) does: a torchvision DataLoader 
 ToTensor/Normalize transforms, eager `nn.Sequential` models with Sigmoid + BCELoss, fresh label
 tensors each batch, one optimizer step per batch. Same layer sizes, dropout and batch sizes as fastgen.
 """
+
 from __future__ import annotations
 
 import sys
@@ -15,16 +16,31 @@ from torchvision import datasets, transforms
 
 def generator() -> nn.Sequential:
     return nn.Sequential(
-        nn.Linear(100, 256), nn.LeakyReLU(0.2), nn.Linear(256, 512), nn.LeakyReLU(0.2),
-        nn.Linear(512, 1024), nn.LeakyReLU(0.2), nn.Linear(1024, 784), nn.Tanh())
+        nn.Linear(100, 256),
+        nn.LeakyReLU(0.2),
+        nn.Linear(256, 512),
+        nn.LeakyReLU(0.2),
+        nn.Linear(512, 1024),
+        nn.LeakyReLU(0.2),
+        nn.Linear(1024, 784),
+        nn.Tanh(),
+    )
 
 
 def discriminator() -> nn.Sequential:
     return nn.Sequential(
-        nn.Linear(784, 1024), nn.LeakyReLU(0.2), nn.Dropout(0.3),
-        nn.Linear(1024, 512), nn.LeakyReLU(0.2), nn.Dropout(0.3),
-        nn.Linear(512, 256), nn.LeakyReLU(0.2), nn.Dropout(0.3),
-        nn.Linear(256, 1), nn.Sigmoid())
+        nn.Linear(784, 1024),
+        nn.LeakyReLU(0.2),
+        nn.Dropout(0.3),
+        nn.Linear(1024, 512),
+        nn.LeakyReLU(0.2),
+        nn.Dropout(0.3),
+        nn.Linear(512, 256),
+        nn.LeakyReLU(0.2),
+        nn.Dropout(0.3),
+        nn.Linear(256, 1),
+        nn.Sigmoid(),
+    )
 
 
 class VAE(nn.Module):

@@ -5,6 +5,7 @@
 Prints a markdown table: target, measured value, pass / FAIL, or "not measured" where the folder
 has no such number (GPU targets in a CPU folder, say).
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,9 @@ def _ratio(benchmarks, group, faster, slower):
 
 def _ratio_to_reference(benchmarks, group, faster):
     a, _ = _median(benchmarks, group, faster)
-    b = next((x["stats"]["median"] for x in benchmarks
-              if x.get("group") == group and x["extra_info"].get("role") == "reference"), None)
+    b = next(
+        (x["stats"]["median"] for x in benchmarks if x.get("group") == group and x["extra_info"].get("role") == "reference"), None
+    )
     return b / a if a and b else None
 
 
@@ -47,8 +49,9 @@ def checks(folder: Path) -> list[tuple[str, str, float | None, bool | None]]:
     rows = []
 
     def add(name, value, unit, ok):
-        rows.append((name, f"{value:.3g}{unit}" if value is not None else "not measured", value,
-                     None if value is None else ok(value)))
+        rows.append(
+            (name, f"{value:.3g}{unit}" if value is not None else "not measured", value, None if value is None else ok(value))
+        )
 
     for model, batch in (("gan", 32), ("vae", 100)):
         r = _ratio_to_reference(bench, f"end-to-end {model} batch {batch}", "fastgen")  # the plain baseline
@@ -61,12 +64,24 @@ def checks(folder: Path) -> list[tuple[str, str, float | None, bool | None]]:
     _, eager = _median(bench, group, "eager")
     saved = fused["saved_mib"] / eager["saved_mib"] if fused and eager and eager.get("saved_mib") else None
     add("fused layer saved memory <= 0.5x eager", saved, "x", lambda v: v <= 0.5)
-    add("bce_kl_loss fwd+bwd vs eager >= 3x", _ratio(bench, "bce_kl_loss forward+backward batch 4096 bf16", "fastgen", "eager"),
-        "x", lambda v: v >= 3)
-    add("reparameterize fwd+bwd vs eager >= 2x",
-        _ratio(bench, "reparameterize forward+backward batch 4096 bf16", "fastgen", "eager"), "x", lambda v: v >= 2)
-    add("graphed GAN step (batch 64) vs eager >= 5x", _ratio(bench, "step gan batch 64 fp32", "graphed", "eager"),
-        "x", lambda v: v >= 5)
+    add(
+        "bce_kl_loss fwd+bwd vs eager >= 3x",
+        _ratio(bench, "bce_kl_loss forward+backward batch 4096 bf16", "fastgen", "eager"),
+        "x",
+        lambda v: v >= 3,
+    )
+    add(
+        "reparameterize fwd+bwd vs eager >= 2x",
+        _ratio(bench, "reparameterize forward+backward batch 4096 bf16", "fastgen", "eager"),
+        "x",
+        lambda v: v >= 2,
+    )
+    add(
+        "graphed GAN step (batch 64) vs eager >= 5x",
+        _ratio(bench, "step gan batch 64 fp32", "graphed", "eager"),
+        "x",
+        lambda v: v >= 5,
+    )
     gan = _summary(folder, "gan-10-epochs-b64")
     epoch_s = None
     if gan:

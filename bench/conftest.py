@@ -1,4 +1,5 @@
 """Benchmark set-up: device, data, and a ratio table printed at the end of `pytest bench --benchmark-only`."""
+
 from pathlib import Path
 
 import pytest

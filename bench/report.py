@@ -5,6 +5,7 @@
 In every group, the row named by its `extra_info["role"] == "reference"` is 1.00x; the others show
 median time, throughput where recorded, and speed-up (reference median / row median).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,10 @@ def table(benchmarks: list[dict]) -> str:
             speedup = f"{reference['stats']['median'] / median:.2f}x" if reference else "-"
             rate = info.get("samples_per_s")
             peak = info.get("peak_mib")
-            lines.append(f"| {group} | {info.get('variant', row['name'])} | {_time(median)} | "
-                         f"{f'{rate:,.0f}' if rate else '-'} | {speedup} | {f'{peak:.1f}' if peak else '-'} |")
+            lines.append(
+                f"| {group} | {info.get('variant', row['name'])} | {_time(median)} | "
+                f"{f'{rate:,.0f}' if rate else '-'} | {speedup} | {f'{peak:.1f}' if peak else '-'} |"
+            )
     return "\n".join(lines)
 
 
@@ -40,8 +43,10 @@ def _time(seconds: float) -> str:
 
 def header(machine_info: dict, benchmarks: list[dict]) -> str:
     info = benchmarks[0]["extra_info"] if benchmarks else {}
-    return (f"Device: {info.get('device_name', '?')} | torch {info.get('torch', '?')} | triton {info.get('triton', '?')} | "
-            f"fastgen {info.get('fastgen', '?')} | CPU {machine_info.get('cpu', {}).get('brand_raw', '?')}")
+    return (
+        f"Device: {info.get('device_name', '?')} | torch {info.get('torch', '?')} | triton {info.get('triton', '?')} | "
+        f"fastgen {info.get('fastgen', '?')} | CPU {machine_info.get('cpu', {}).get('brand_raw', '?')}"
+    )
 
 
 def main(argv=None) -> int:

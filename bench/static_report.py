@@ -13,6 +13,7 @@ describes its kernels in `AOT_BUILDS` (argument types, the constexpr values its 
 the unit strides Triton specialises, the autotuner's GPU configs). The builds run in worker
 processes without TRITON_INTERPRET (under the interpreter `triton.jit` makes no compilable function).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -94,6 +95,7 @@ class Build:
 
 # ---- what to build -------------------------------------------------------------------------------
 
+
 def kernel_modules() -> list[str]:
     package = importlib.import_module(KERNEL_PACKAGE)
     return sorted(f"{KERNEL_PACKAGE}.{m.name}" for m in pkgutil.iter_modules(package.__path__))
@@ -110,8 +112,11 @@ def triton_functions(module) -> dict[str, object]:
     """The Triton functions a module defines (not the ones it imports)."""
     from triton.runtime.jit import KernelInterface
 
-    return {name: obj for name, obj in vars(module).items()
-            if isinstance(obj, KernelInterface) and python_function(obj).__module__ == module.__name__}
+    return {
+        name: obj
+        for name, obj in vars(module).items()
+        if isinstance(obj, KernelInterface) and python_function(obj).__module__ == module.__name__
+    }
 
 
 def _names_used(fn) -> set[str]:
@@ -236,12 +241,24 @@ def enumerate_builds(archs=tuple(ARCHS), profile: str = "full") -> list[Build]:
         layouts = layouts[:1] if profile == "ci" else layouts
         alignments = ALIGNMENTS[:1] if profile == "ci" else ALIGNMENTS
         for arch, (dtype, chosen, label), (layout, fixed), alignment in itertools.product(
-                archs, list(_variants(spec, profile)), layouts, alignments):
+            archs, list(_variants(spec, profile)), layouts, alignments
+        ):
             variant = ",".join(x for x in (label, layout.replace(" ", "-")) if x) or "only"
             for config in configs_for(spec, dtype, chosen):
                 constexprs = {**chosen, **fixed, **(config.kwargs if config else {})}
-                builds.append(Build(module_name, name, arch, dtype, config_label(config), variant, alignment,
-                                    tuple(constexprs.items()), config_options(config)))
+                builds.append(
+                    Build(
+                        module_name,
+                        name,
+                        arch,
+                        dtype,
+                        config_label(config),
+                        variant,
+                        alignment,
+                        tuple(constexprs.items()),
+                        config_options(config),
+                    )
+                )
     return builds
 
 
@@ -265,14 +282,18 @@ def configs_for(spec: dict, dtype: str | None, constexprs: dict) -> list:
 
 # ---- building (in a worker process, without the interpreter) --------------------------------------
 
+
 def _parse_ptxas(log: str) -> dict:
     def total(pattern):
         return sum(int(x) for x in re.findall(pattern, log))
 
     regs = re.findall(r"Used (\d+) registers", log)
-    return {"registers": max(map(int, regs)) if regs else None,
-            "spill_stores": total(r"(\d+) bytes spill stores"), "spill_loads": total(r"(\d+) bytes spill loads"),
-            "stack": total(r"(\d+) bytes stack frame")}
+    return {
+        "registers": max(map(int, regs)) if regs else None,
+        "spill_stores": total(r"(\d+) bytes spill stores"),
+        "spill_loads": total(r"(\d+) bytes spill loads"),
+        "stack": total(r"(\d+) bytes stack frame"),
+    }
 
 
 def _tensor_cores(ptx: str) -> str:
@@ -310,8 +331,10 @@ def _check_autotuner(obj, spec: dict, build: Build) -> str | None:
         tried = obj.early_config_prune(tried, named, **variant)
     described = configs_for(spec, build.dtype, variant)
     if sorted(map(str, tried)) != sorted(map(str, described)):
-        return (f"the autotuner tries {[config_label(c) for c in tried]} for this variant, "
-                f"AOT_BUILDS describes {[config_label(c) for c in described]}")
+        return (
+            f"the autotuner tries {[config_label(c) for c in tried]} for this variant, "
+            f"AOT_BUILDS describes {[config_label(c) for c in described]}"
+        )
     return None
 
 
@@ -348,8 +371,11 @@ def compile_build(build: Build) -> dict:
         knobs.nvidia.dump_ptxas_log = True  # make_cubin prints the log of its `ptxas -v` run
         log = io.StringIO()
         with contextlib.redirect_stdout(log):
-            compiled = triton.compile(ASTSource(fn=jit, signature=signature, constexprs=constexprs, attrs=attrs),
-                                      target=GPUTarget("cuda", build.arch, 32), options=dict(build.options))
+            compiled = triton.compile(
+                ASTSource(fn=jit, signature=signature, constexprs=constexprs, attrs=attrs),
+                target=GPUTarget("cuda", build.arch, 32),
+                options=dict(build.options),
+            )
         stats = _parse_ptxas(log.getvalue())
         if stats["registers"] is None:  # no log (a Triton without the switch): run ptxas -v on the PTX ourselves
             stats = _parse_ptxas(_ptxas_log(compiled.asm["ptx"], build.arch))
@@ -372,8 +398,19 @@ def _ptxas_log(ptx: str, arch: int) -> str:
         source = Path(tmp) / "k.ptx"
         source.write_text(ptx)
         suffix = "a" if arch == 90 else ""
-        done = subprocess.run([str(ptxas), "-v", "--regAllocOptLevel=2", f"--gpu-name=sm_{arch}{suffix}", str(source),
-                               "-o", str(Path(tmp) / "k.o")], capture_output=True, text=True)
+        done = subprocess.run(
+            [
+                str(ptxas),
+                "-v",
+                "--regAllocOptLevel=2",
+                f"--gpu-name=sm_{arch}{suffix}",
+                str(source),
+                "-o",
+                str(Path(tmp) / "k.o"),
+            ],
+            capture_output=True,
+            text=True,
+        )
     return done.stderr
 
 
@@ -411,9 +448,26 @@ def run_builds(builds: list[Build], workers: int | None = None) -> dict[str, dic
         procs = []
         for i in range(workers):
             stderr = open(root / f"stderr-{i}.txt", "w")
-            procs.append((subprocess.Popen(
-                [sys.executable, "-m", "bench.static_report", "--worker", str(root / "jobs.json"), str(root / "claims"),
-                 str(root / f"results-{i}.jsonl")], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr), stderr))
+            procs.append(
+                (
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "bench.static_report",
+                            "--worker",
+                            str(root / "jobs.json"),
+                            str(root / "claims"),
+                            str(root / f"results-{i}.jsonl"),
+                        ],
+                        cwd=REPO,
+                        env=env,
+                        stdout=subprocess.DEVNULL,
+                        stderr=stderr,
+                    ),
+                    stderr,
+                )
+            )
         failures = []
         for i, (proc, stderr) in enumerate(procs):
             if proc.wait() != 0:
@@ -438,8 +492,10 @@ def problems(build: Build, result: dict) -> list[str]:
         return ["no register count: ptxas's log was not read"]
     found = []
     if result["spill_stores"] or result["spill_loads"]:
-        found.append(f"spills {result['spill_stores']} B stores / {result['spill_loads']} B loads a thread "
-                     f"({result['registers']} registers, {result['stack']} B stack)")
+        found.append(
+            f"spills {result['spill_stores']} B stores / {result['spill_loads']} B loads a thread "
+            f"({result['registers']} registers, {result['stack']} B stack)"
+        )
     arch = ARCHS[build.arch]
     if result["shared"] > arch.shared_limit:
         found.append(f"{result['shared']} B shared memory > {arch.shared_limit} B, the {arch.name} block limit")
@@ -449,6 +505,7 @@ def problems(build: Build, result: dict) -> list[str]:
 
 
 # ---- the report ------------------------------------------------------------------------------------
+
 
 def _versions() -> dict:
     import torch
@@ -463,26 +520,67 @@ def _versions() -> dict:
     return {"triton": triton.__version__, "torch": torch.__version__, "ptxas": ptxas}
 
 
-COLUMNS = ("kernel", "config", "variant", "alignment", "dtype", "arch", "registers", "spill_stores", "spill_loads",
-           "stack", "shared", "tensor_cores", "threads", "seconds", "error", "problems")
+COLUMNS = (
+    "kernel",
+    "config",
+    "variant",
+    "alignment",
+    "dtype",
+    "arch",
+    "registers",
+    "spill_stores",
+    "spill_loads",
+    "stack",
+    "shared",
+    "tensor_cores",
+    "threads",
+    "seconds",
+    "error",
+    "problems",
+)
 
 
 def build_rows(builds: list[Build], results: dict) -> list[dict]:
     rows = []
     for build in builds:
         result = results[build.id]
-        rows.append({"id": build.id, "kernel": build.kernel, "config": build.config, "variant": build.variant,
-                     "alignment": build.alignment, "dtype": build.dtype, "arch": ARCHS[build.arch].name,
-                     **{k: result.get(k) for k in ("registers", "spill_stores", "spill_loads", "stack", "shared",
-                                                    "tensor_cores", "threads", "seconds", "error")},
-                     "problems": problems(build, result)})
+        rows.append(
+            {
+                "id": build.id,
+                "kernel": build.kernel,
+                "config": build.config,
+                "variant": build.variant,
+                "alignment": build.alignment,
+                "dtype": build.dtype,
+                "arch": ARCHS[build.arch].name,
+                **{
+                    k: result.get(k)
+                    for k in (
+                        "registers",
+                        "spill_stores",
+                        "spill_loads",
+                        "stack",
+                        "shared",
+                        "tensor_cores",
+                        "threads",
+                        "seconds",
+                        "error",
+                    )
+                },
+                "problems": problems(build, result),
+            }
+        )
     return rows
 
 
 def report_json(rows: list[dict], meta: dict) -> str:
     """One build a line, as a list of values in the order of `columns` (the ids are those of the test)."""
-    lines = ["{", *(f"  {json.dumps(k)}: {json.dumps(v)}," for k, v in meta.items()),
-             f'  "columns": {json.dumps(list(COLUMNS))},', '  "builds": [']
+    lines = [
+        "{",
+        *(f"  {json.dumps(k)}: {json.dumps(v)}," for k, v in meta.items()),
+        f'  "columns": {json.dumps(list(COLUMNS))},',
+        '  "builds": [',
+    ]
     lines += [f"    {json.dumps([r[c] for c in COLUMNS])}," for r in rows]
     if rows:
         lines[-1] = lines[-1].rstrip(",")
@@ -527,22 +625,32 @@ def report_markdown(rows: list[dict], versions: dict, seconds: float, workers: i
         mine = [r for r in rows if r["kernel"] == kernel]
         ok = [r for r in mine if not r["error"]]
         cores = ", ".join(sorted({r["tensor_cores"] for r in ok}))
-        lines.append(f"| {kernel} | {len(mine)} | {sum(bool(r['problems']) for r in mine)} | "
-                     f"{max((r['registers'] or 0) for r in ok) if ok else '-'} | "
-                     f"{max((r['spill_stores'] + r['spill_loads']) for r in ok) if ok else '-'} | "
-                     f"{max(r['shared'] for r in ok) / 1024 if ok else 0:.0f} | {cores} |")
+        lines.append(
+            f"| {kernel} | {len(mine)} | {sum(bool(r['problems']) for r in mine)} | "
+            f"{max((r['registers'] or 0) for r in ok) if ok else '-'} | "
+            f"{max((r['spill_stores'] + r['spill_loads']) for r in ok) if ok else '-'} | "
+            f"{max(r['shared'] for r in ok) / 1024 if ok else 0:.0f} | {cores} |"
+        )
     if bad:
         lines += ["", "## Problems", ""] + [f"- `{r['id']}`: {'; '.join(r['problems'])}" for r in bad]
-    lines += ["", "## Every build", "",
-              "One row per kernel, autotune config, constexpr variant (and layout) and dtype; per architecture: "
-              "registers a thread, spilled bytes (stores + loads), shared memory in KB, tensor-core instructions. "
-              "Where arguments were built both 16-aligned and not, the cell shows the worse; report.json has each build. "
-              "Configs: BM/BN/BK = BLOCK_M/N/K, GM = GROUP_M, w = warps, s = pipeline stages."]
+    lines += [
+        "",
+        "## Every build",
+        "",
+        "One row per kernel, autotune config, constexpr variant (and layout) and dtype; per architecture: "
+        "registers a thread, spilled bytes (stores + loads), shared memory in KB, tensor-core instructions. "
+        "Where arguments were built both 16-aligned and not, the cell shows the worse; report.json has each build. "
+        "Configs: BM/BN/BK = BLOCK_M/N/K, GM = GROUP_M, w = warps, s = pipeline stages.",
+    ]
     for kernel in kernels_seen:
         mine = [r for r in rows if r["kernel"] == kernel]
-        lines += ["", f"### {kernel}", "",
-                  "| config | variant | dtype | sm_80 regs | spill | KB | TC | sm_90 regs | spill | KB | TC |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"### {kernel}",
+            "",
+            "| config | variant | dtype | sm_80 regs | spill | KB | TC | sm_90 regs | spill | KB | TC |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         groups = {}
         for r in mine:
             groups.setdefault((r["config"], r["variant"], r["dtype"]), {}).setdefault(r["arch"], []).append(r)
@@ -565,8 +673,9 @@ def limits_markdown(rows: list[dict]) -> str:
         "from fastgen's code path, so a first GPU measurement can be read against its floor at once. Per step: "
         "FLOPs, bytes through HBM, kernel launches; each turned into a time floor on an H100 SXM and an H200.",
         "",
-        "| step | precision | GFLOP | MB moved | launches eager / graph | " + " | ".join(
-            f"{d}: compute us | {d}: memory us" for d in devices) + " | launch floor eager us | launch floor graph us |",
+        "| step | precision | GFLOP | MB moved | launches eager / graph | "
+        + " | ".join(f"{d}: compute us | {d}: memory us" for d in devices)
+        + " | launch floor eager us | launch floor graph us |",
         "|---|---|---|---|---|" + "---|---|" * len(devices) + "---|---|",
     ]
     for r in rows:
@@ -576,16 +685,25 @@ def limits_markdown(rows: list[dict]) -> str:
             compute = " / ".join(f"{_us(dev[k])} {k.rsplit('_', 1)[1].upper()}" for k in dev if k.startswith("compute_us_"))
             cells.append(f"{compute} | {_us(dev['memory_us'])}")
         lo, hi = r["launch_floor_eager_us"]
-        lines.append(f"| {r['step']} | {r['amp']} | {r['flops'] / 1e9:.2f} | {r['bytes'] / 1e6:.1f} | "
-                     f"{r['launches_eager']} / {r['launches_compiled']} | " + " | ".join(cells) +
-                     f" | {lo:.0f}-{hi:.0f} | {r['launch_floor_graph_us']:.0f} |")
-    lines += ["", "Eager launches by kind (matmul: cuBLAS; fused: fastgen's Triton kernels; elementwise: losses, casts, "
-              "Philox-key bookkeeping, bias-gradient sums; Adam: the multi-tensor update's launches):", "",
-              "| step | precision | matmul | fused | elementwise | Adam |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['step']} | {r['amp']} | {r['flops'] / 1e9:.2f} | {r['bytes'] / 1e6:.1f} | "
+            f"{r['launches_eager']} / {r['launches_compiled']} | "
+            + " | ".join(cells)
+            + f" | {lo:.0f}-{hi:.0f} | {r['launch_floor_graph_us']:.0f} |"
+        )
+    lines += [
+        "",
+        "Eager launches by kind (matmul: cuBLAS; fused: fastgen's Triton kernels; elementwise: losses, casts, "
+        "Philox-key bookkeeping, bias-gradient sums; Adam: the multi-tensor update's launches):",
+        "",
+        "| step | precision | matmul | fused | elementwise | Adam |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         kinds = r["launches_eager_by_kind"]
-        lines.append(f"| {r['step']} | {r['amp']} | {kinds['matmul']} | {kinds['fused']} | {kinds['elementwise']} | "
-                     f"{kinds['adam']} |")
+        lines.append(
+            f"| {r['step']} | {r['amp']} | {kinds['matmul']} | {kinds['fused']} | {kinds['elementwise']} | {kinds['adam']} |"
+        )
     gan32 = next(r for r in rows if r["step"] == "GAN B=32" and r["amp"] == "fp32")
     h100 = gan32["devices"]["H100 SXM"]
     lines += [
@@ -622,9 +740,13 @@ def limits_markdown(rows: list[dict]) -> str:
         "with gradients and both moments in fp32) nearly fits the 50 MB L2 of both GPUs, so L2 may serve much of "
         "this traffic: the HBM time is the floor for a step that streams its state, not for one that keeps it in L2.",
         "- **Peaks** (published, NVIDIA H100 Tensor Core GPU datasheet SXM5 column and H200 datasheet SXM column; the "
-        "tensor-core figures there are with 2:4 sparsity, halved here for dense math): " + "; ".join(
+        "tensor-core figures there are with 2:4 sparsity, halved here for dense math): "
+        + "; ".join(
             f"{d}: FP32 {p['fp32'] / 1e12:.0f} TFLOP/s, TF32 {p['tf32'] / 1e12:.1f}, BF16 {p['bf16'] / 1e12:.1f}, "
-            f"HBM {p['hbm'] / 1e12:.2f} TB/s" for d, p in DEVICES.items()) + ". fastgen's fp32 matmuls run in "
+            f"HBM {p['hbm'] / 1e12:.2f} TB/s"
+            for d, p in DEVICES.items()
+        )
+        + ". fastgen's fp32 matmuls run in "
         "IEEE fp32 unless `torch.backends.cuda.matmul.allow_tf32` is set, so FP32 is the fp32 step's compute peak; "
         "TF32 is shown for that switch. Real matmuls of these sizes (K and N of 100-1024, M of 32-200) reach a "
         "fraction of peak, so the compute floor is loose.",
@@ -652,13 +774,26 @@ def write_report(out_dir: Path, profile: str = "full", workers: int | None = Non
     seconds = time.perf_counter() - start
     versions = _versions()
     rows = build_rows(builds, results)
-    (out_dir / "report.json").write_text(report_json(rows, {
-        "profile": profile, "seconds": round(seconds, 1), "workers": workers, **versions,
-        "shared_limits": {a.name: a.shared_limit for a in ARCHS.values()}}))
+    (out_dir / "report.json").write_text(
+        report_json(
+            rows,
+            {
+                "profile": profile,
+                "seconds": round(seconds, 1),
+                "workers": workers,
+                **versions,
+                "shared_limits": {a.name: a.shared_limit for a in ARCHS.values()},
+            },
+        )
+    )
     (out_dir / "report.md").write_text(report_markdown(rows, versions, seconds, workers))
     step_rows = limits()
-    (out_dir / "limits.json").write_text(json.dumps({"devices": DEVICES, "eager_launch_us": EAGER_LAUNCH_US,
-                                                     "graph_node_us": GRAPH_NODE_US, "steps": step_rows}, indent=1) + "\n")
+    (out_dir / "limits.json").write_text(
+        json.dumps(
+            {"devices": DEVICES, "eager_launch_us": EAGER_LAUNCH_US, "graph_node_us": GRAPH_NODE_US, "steps": step_rows}, indent=1
+        )
+        + "\n"
+    )
     (out_dir / "limits.md").write_text(limits_markdown(step_rows))
     return {"builds": len(rows), "problems": sum(bool(r["problems"]) for r in rows), "seconds": seconds}
 
@@ -681,10 +816,9 @@ def main(argv=None) -> int:
     print(f"{summary['builds']} builds, {summary['problems']} with problems, {summary['seconds']:.0f} s -> {args.out_dir}")
     return 1 if summary["problems"] else 0
 
+
 def _main_worker(argv) -> int:
     return _worker(*argv)
-
-
 
 
 # ---- physical limits of a training step -------------------------------------------------------------
@@ -912,14 +1046,23 @@ def step_limits(name: str, s: StepInventory) -> dict:
     foreach_extra = (ADAM_FOREACH_BYTES - ADAM_MIN_BYTES) * params
     eager, compiled = len(s.launches), compiled_launches(s)
     matmuls = sum(x.kind in ("matmul", "fused") and x.flops > 0 for x in needed)
-    out = {"step": name, "amp": "bf16" if s.amp else "fp32", "flops": flops, "bytes": nbytes, "adam_bytes": adam_bytes,
-           "bytes_eager_adam": nbytes + foreach_extra, "parameters": params, "matmuls": matmuls,
-           "wasted_flops_eager": sum(x.flops for x in s.launches if x.wasted),
-           "launches_eager": eager, "launches_compiled": compiled,
-           "launches_eager_by_kind": {k: sum(x.kind == k for x in s.launches)
-                                      for k in ("matmul", "fused", "elementwise", "adam")},
-           "launch_floor_eager_us": [eager * t for t in EAGER_LAUNCH_US],
-           "launch_floor_graph_us": compiled * GRAPH_NODE_US, "devices": {}}
+    out = {
+        "step": name,
+        "amp": "bf16" if s.amp else "fp32",
+        "flops": flops,
+        "bytes": nbytes,
+        "adam_bytes": adam_bytes,
+        "bytes_eager_adam": nbytes + foreach_extra,
+        "parameters": params,
+        "matmuls": matmuls,
+        "wasted_flops_eager": sum(x.flops for x in s.launches if x.wasted),
+        "launches_eager": eager,
+        "launches_compiled": compiled,
+        "launches_eager_by_kind": {k: sum(x.kind == k for x in s.launches) for k in ("matmul", "fused", "elementwise", "adam")},
+        "launch_floor_eager_us": [eager * t for t in EAGER_LAUNCH_US],
+        "launch_floor_graph_us": compiled * GRAPH_NODE_US,
+        "devices": {},
+    }
     rates = ("bf16",) if s.amp else ("fp32", "tf32")
     for device, peak in DEVICES.items():
         out["devices"][device] = {

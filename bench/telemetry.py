@@ -1,4 +1,5 @@
 """What every benchmark records about where it ran: device, versions, and on NVIDIA GPUs, NVML telemetry."""
+
 from __future__ import annotations
 
 import re

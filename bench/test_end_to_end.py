@@ -6,6 +6,7 @@ inside this process, with the settings fastgen applies to a CPU run, to show wha
 On a GPU each round is a whole epoch; on the CPU a fixed slice of one (CPU_STEPS), to stay within
 a few minutes. The first round (compilation, graph capture, allocator, thread pools) is a warm-up and not counted.
 """
+
 import itertools
 import subprocess
 import sys
@@ -55,8 +56,15 @@ def test_fastgen(benchmark, record, device, mnist, model):
 
     benchmark.group = f"end-to-end {model} batch {config.batch_size}"
     benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    record(variant="fastgen", role="variant", model=model, batch_size=config.batch_size, steps=n, path=describe(step),
-           samples_per_s=n * config.batch_size / benchmark.stats.stats.median)
+    record(
+        variant="fastgen",
+        role="variant",
+        model=model,
+        batch_size=config.batch_size,
+        steps=n,
+        path=describe(step),
+        samples_per_s=n * config.batch_size / benchmark.stats.stats.median,
+    )
 
 
 @pytest.fixture
@@ -65,8 +73,13 @@ def plain_process(mnist):
     processes = []
 
     def start(model: str) -> subprocess.Popen:
-        process = subprocess.Popen([sys.executable, "-m", "bench.baseline", model, str(mnist), str(BATCH[model])],
-                                   cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bench.baseline", model, str(mnist), str(BATCH[model])],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         processes.append(process)
         return process
 
@@ -92,8 +105,14 @@ def test_plain_baseline(benchmark, record, device, plain_process, model):
 
     benchmark.group = f"end-to-end {model} batch {BATCH[model]}"
     benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    record(variant="plain baseline (DataLoader + nn.Sequential), own process", role="reference", model=model,
-           batch_size=BATCH[model], steps=n, samples_per_s=n * BATCH[model] / benchmark.stats.stats.median)
+    record(
+        variant="plain baseline (DataLoader + nn.Sequential), own process",
+        role="reference",
+        model=model,
+        batch_size=BATCH[model],
+        steps=n,
+        samples_per_s=n * BATCH[model] / benchmark.stats.stats.median,
+    )
 
 
 @pytest.mark.parametrize("model", ["gan", "vae"])
@@ -112,5 +131,11 @@ def test_plain_baseline_in_tuned_process(benchmark, record, device, mnist, model
 
     benchmark.group = f"end-to-end {model} batch {BATCH[model]}"
     benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    record(variant="plain baseline in fastgen's process settings", role="variant", model=model,
-           batch_size=BATCH[model], steps=n, samples_per_s=n * BATCH[model] / benchmark.stats.stats.median)
+    record(
+        variant="plain baseline in fastgen's process settings",
+        role="variant",
+        model=model,
+        batch_size=BATCH[model],
+        steps=n,
+        samples_per_s=n * BATCH[model] / benchmark.stats.stats.median,
+    )

@@ -3,6 +3,7 @@ forward+backward, batch 64 / 512 / 4096, float32 and bfloat16, with time and pea
 
 GPU only: on the CPU the kernels run in Triton's numpy interpreter, whose timings mean nothing.
 """
+
 import pytest
 import torch
 
@@ -10,9 +11,12 @@ from fastgen.ops import bce_kl_loss, linear_leaky_relu_dropout, reparameterize
 from fastgen.ops.reference import bce_kl_loss_reference, reparameterize_reference
 from fastgen.ops.rng import philox_key
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(),
-                                 reason="Triton kernel timings need a GPU (the CPU interpreter's are meaningless)")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="Triton kernel timings need a GPU (the CPU interpreter's are meaningless)"
+    ),
+]
 
 BATCHES = [64, 512, 4096]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -39,8 +43,11 @@ def _reparameterize_case(batch, dtype):
     mu = torch.randn(batch, LATENT, device="cuda", dtype=dtype, requires_grad=True)
     logvar = torch.randn(batch, LATENT, device="cuda", dtype=dtype, requires_grad=True)
     key = philox_key(0, "cuda")
-    return (mu, logvar), (lambda m, v: reparameterize(m, v, seed=key)), \
-        (lambda m, v: reparameterize_reference(m, v, torch.randn_like(m)))
+    return (
+        (mu, logvar),
+        (lambda m, v: reparameterize(m, v, seed=key)),
+        (lambda m, v: reparameterize_reference(m, v, torch.randn_like(m))),
+    )
 
 
 def _bce_kl_case(batch, dtype):
@@ -48,8 +55,11 @@ def _bce_kl_case(batch, dtype):
     target = torch.rand(batch, IN_FEATURES, device="cuda", dtype=dtype)
     mu = torch.randn(batch, LATENT, device="cuda", dtype=dtype, requires_grad=True)
     logvar = torch.randn(batch, LATENT, device="cuda", dtype=dtype, requires_grad=True)
-    return (logits, mu, logvar), (lambda a, m, v: bce_kl_loss(a, target, m, v)), \
-        (lambda a, m, v: bce_kl_loss_reference(a, target, m, v))
+    return (
+        (logits, mu, logvar),
+        (lambda a, m, v: bce_kl_loss(a, target, m, v)),
+        (lambda a, m, v: bce_kl_loss_reference(a, target, m, v)),
+    )
 
 
 CASES = {"linear_leaky_relu_dropout": _linear_case, "reparameterize": _reparameterize_case, "bce_kl_loss": _bce_kl_case}
@@ -84,5 +94,13 @@ def test_kernel(benchmark, record, op, batch, dtype, mode, variant):
 
     benchmark.group = f"{op} {mode} batch {batch} {dtype}"
     benchmark.pedantic(run, rounds=50, warmup_rounds=5, iterations=1)
-    record(variant=variant, role="reference" if variant == "eager" else "variant", op=op, batch=batch,
-           dtype=dtype, mode=mode, saved_mib=saved / 2**20, peak_mib=peak / 2**20)
+    record(
+        variant=variant,
+        role="reference" if variant == "eager" else "variant",
+        op=op,
+        batch=batch,
+        dtype=dtype,
+        mode=mode,
+        saved_mib=saved / 2**20,
+        peak_mib=peak / 2**20,
+    )

@@ -4,6 +4,7 @@ first two on the native CPU kernels; float32 and bf16 autocast.
 Each round is 20 steps on device-resident batches; compilation, autotuning and graph capture happen
 in the warm-up round and are not measured.
 """
+
 import contextlib
 
 import pytest
@@ -18,8 +19,13 @@ from fastgen.training.trainers import GANTrainer, VAETrainer
 STEPS = 20
 BATCH = {"gan": 64, "vae": 100}
 # variant: (torch.compile, CUDA graphs, kernels)
-VARIANTS = {"eager": (False, False, "auto"), "compiled": (True, False, "auto"), "graphed": (True, True, "auto"),
-            "native eager": (False, False, "native"), "native compiled": (True, False, "native")}
+VARIANTS = {
+    "eager": (False, False, "auto"),
+    "compiled": (True, False, "auto"),
+    "graphed": (True, True, "auto"),
+    "native eager": (False, False, "native"),
+    "native compiled": (True, False, "native"),
+}
 
 
 @pytest.mark.parametrize("amp", ["fp32", "bf16"])
@@ -52,6 +58,13 @@ def test_step(benchmark, record, device, model, variant, amp):
     with cpu_backend("native") if kernels == "native" else contextlib.nullcontext():
         benchmark.pedantic(run, rounds=5 if device.type == "cpu" else 20, warmup_rounds=1, iterations=1)
     assert not notices, notices  # a silent fallback would mislabel the numbers
-    record(variant=variant, role="reference" if variant == "eager" else "variant", model=model,
-           batch_size=BATCH[model], amp=amp, steps=STEPS, path=describe(step),
-           samples_per_s=STEPS * BATCH[model] / benchmark.stats.stats.median)
+    record(
+        variant=variant,
+        role="reference" if variant == "eager" else "variant",
+        model=model,
+        batch_size=BATCH[model],
+        amp=amp,
+        steps=STEPS,
+        path=describe(step),
+        samples_per_s=STEPS * BATCH[model] / benchmark.stats.stats.median,
+    )

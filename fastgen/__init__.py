@@ -6,6 +6,7 @@ The public API. The path of one training batch, top-down:
     -> fastgen.ops (the fused ops: Triton kernels on CUDA, eager PyTorch on the CPU)
     -> fastgen.training.run_files (metrics.jsonl, samples, weights) and fastgen.training.checkpoint.
 """
+
 from fastgen import ops
 from fastgen.comparison import CompareConfig, compare
 from fastgen.config import TrainConfig
@@ -15,6 +16,21 @@ from fastgen.models import VAE, Discriminator, Generator, LinearLeakyReLUDropout
 from fastgen.training import train, tune_for_cpu_training
 from fastgen.version import __version__
 
-__all__ = ["VAE", "CompareConfig", "DataError", "Discriminator", "FastgenError", "Generator",
-           "LinearLeakyReLUDropout", "Reparameterize", "TrainConfig", "__version__", "compare", "evaluate", "load",
-           "ops", "train", "tune_for_cpu_training"]
+__all__ = [
+    "VAE",
+    "CompareConfig",
+    "DataError",
+    "Discriminator",
+    "FastgenError",
+    "Generator",
+    "LinearLeakyReLUDropout",
+    "Reparameterize",
+    "TrainConfig",
+    "__version__",
+    "compare",
+    "evaluate",
+    "load",
+    "ops",
+    "train",
+    "tune_for_cpu_training",
+]

@@ -1,4 +1,5 @@
 """`python -m fastgen.compare`: see fastgen/cli/compare.py. Importing this module keeps `fastgen.compare(...)` callable."""
+
 import sys
 
 from fastgen.cli.common import make_module_callable

@@ -1,4 +1,5 @@
 """One plain object holding a run's settings, validated before anything heavy happens."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -84,8 +85,11 @@ class TrainConfig:
             _check_int("--max-steps", config.max_steps, minimum=1)
         if config.train_images is not None:
             _check_int("--train-images", config.train_images, minimum=config.batch_size)
-        if isinstance(config.save_interval, bool) or not isinstance(config.save_interval, (int, float)) \
-                or not config.save_interval >= 0:
+        if (
+            isinstance(config.save_interval, bool)
+            or not isinstance(config.save_interval, (int, float))
+            or not config.save_interval >= 0
+        ):
             raise FastgenError(f"--save-interval must be a number of seconds >= 0, got {config.save_interval!r}")
         if config.checkpoint_every is not None:
             _check_int("--checkpoint-every", config.checkpoint_every, minimum=1)

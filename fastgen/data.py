@@ -1,4 +1,5 @@
 """MNIST / Fashion-MNIST: find or fetch the IDX files, validate them, hold a split on the device as uint8."""
+
 from __future__ import annotations
 
 import gzip
@@ -60,9 +61,10 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         raise DataError(f"{path} is truncated: {len(raw)} bytes, shorter than its IDX header")
     magic = int.from_bytes(raw[:4], "big")
     if magic != _IDX_MAGIC[ndim]:
-        raise DataError(f"{path} is not an IDX file of {ndim}-D unsigned bytes "
-                        f"(magic {magic:#010x}, expected {_IDX_MAGIC[ndim]:#010x})")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+        raise DataError(
+            f"{path} is not an IDX file of {ndim}-D unsigned bytes (magic {magic:#010x}, expected {_IDX_MAGIC[ndim]:#010x})"
+        )
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header + int(np.prod(shape))
     if len(raw) != expected:
         raise DataError(f"{path} is truncated or corrupt: {len(raw)} bytes, its header {shape} needs {expected}")
@@ -125,15 +127,19 @@ def load_split(dataset: str, split: str, data_dir=None, download: bool = True) -
             reason = " ".join(str(exc).split())[:200]  # torchvision's message spans lines
             raise DataError(
                 f"{dataset} {split} split not found in {tried}, and downloading it failed ({type(exc).__name__}: {reason}); "
-                f"put the IDX files there ({wanted})") from None
+                f"put the IDX files there ({wanted})"
+            ) from None
         found = _read_split(target, dataset, split)
         if found is not None:
             return found
     if data_dir is not None:
-        raise DataError(f"--data-dir {data_dir} holds no {dataset} {split} split ({wanted}); "
-                        "fix the path, or leave --data-dir out to use $FASTGEN_DATA or the cache")
-    raise DataError(f"{dataset} {split} split not found in {tried}; pass --data-dir DIR ({wanted}), "
-                    "set FASTGEN_DATA, or allow the download")
+        raise DataError(
+            f"--data-dir {data_dir} holds no {dataset} {split} split ({wanted}); "
+            "fix the path, or leave --data-dir out to use $FASTGEN_DATA or the cache"
+        )
+    raise DataError(
+        f"{dataset} {split} split not found in {tried}; pass --data-dir DIR ({wanted}), set FASTGEN_DATA, or allow the download"
+    )
 
 
 @dataclass

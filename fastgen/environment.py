@@ -1,4 +1,5 @@
 """Facts about the machine a run records and acts on: device, bf16 support, library versions."""
+
 from __future__ import annotations
 
 import platform
@@ -46,8 +47,12 @@ def versions() -> dict:
 
     from fastgen.version import __version__
 
-    found = {"fastgen": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-             "python": platform.python_version()}
+    found = {
+        "fastgen": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+    }
     try:
         import triton
 

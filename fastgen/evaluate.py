@@ -1,4 +1,5 @@
 """`python -m fastgen.evaluate`: see fastgen/cli/evaluate.py. Importing this module keeps `fastgen.evaluate(...)` callable."""
+
 import sys
 
 from fastgen.cli.common import make_module_callable

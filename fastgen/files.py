@@ -1,5 +1,6 @@
 """Files that must never be half-written or silently corrupt: atomic writes, and safetensors files that
 carry a SHA-256 of their own bytes, checked on every read."""
+
 from __future__ import annotations
 
 import hashlib
@@ -68,7 +69,7 @@ def write_checked_safetensors(path: Path, tensors: dict[str, torch.Tensor], meta
     field = _checksum_field(data, _PLACEHOLDER)
     at = data.find(field, 8, _header_end(data))
     digest = hashlib.sha256(data).hexdigest()
-    atomic_write_bytes(path, data[:at] + _checksum_field(data, digest) + data[at + len(field):])
+    atomic_write_bytes(path, data[:at] + _checksum_field(data, digest) + data[at + len(field) :])
 
 
 def read_checked_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -84,14 +85,15 @@ def read_checked_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Ten
         at = data.find(field, 8, end)
         if len(digest) != 64 or at < 0:
             raise FastgenError(f"{path} carries no fastgen checksum: not a {what} written by this fastgen, or corrupt")
-        zeroed = data[:at] + _checksum_field(data, _PLACEHOLDER) + data[at + len(field):]
+        zeroed = data[:at] + _checksum_field(data, _PLACEHOLDER) + data[at + len(field) :]
         if hashlib.sha256(zeroed).hexdigest() != digest:
             raise FastgenError(f"{path} fails its checksum: the {what} is corrupt (changed since it was written)")
         tensors = load_safetensors_bytes(data)
     except FastgenError:
         raise
     except (SafetensorError, OSError, ValueError, AttributeError, UnicodeDecodeError) as exc:
-        raise FastgenError(f"{path} is not a readable {what} ({type(exc).__name__}: {str(exc)[:120]}); "
-                           "it may be truncated or corrupt") from None
+        raise FastgenError(
+            f"{path} is not a readable {what} ({type(exc).__name__}: {str(exc)[:120]}); it may be truncated or corrupt"
+        ) from None
     metadata = {key: value for key, value in metadata.items() if key != CHECKSUM_KEY}
     return tensors, metadata

@@ -1,4 +1,5 @@
 """`python -m fastgen.sample`: see fastgen/cli/sample.py."""
+
 import sys
 
 from fastgen.cli.sample import main

@@ -1,4 +1,5 @@
 """`python -m fastgen.train`: see fastgen/cli/train.py. Importing this module keeps `fastgen.train(...)` callable."""
+
 import sys
 
 from fastgen.cli.common import make_module_callable

@@ -5,6 +5,7 @@ Without a GPU, TRITON_INTERPRET=1 is set here, before fastgen is imported, so th
 themselves run on CPU tensors in the op tests (`backend` fixture); everything else runs the
 eager CPU fallback.
 """
+
 import os
 from pathlib import Path
 
@@ -20,8 +21,9 @@ from fastgen.ops import HAS_TRITON, TRITON_INTERPRET, cpu_backend  # noqa: E402
 from tests.helpers import require_real_mnist, write_synthetic_mnist  # noqa: E402
 
 # The backend fixture deliberately holds for all examples of a test.
-settings.register_profile("fastgen", deadline=None, print_blob=True, derandomize=True,
-                          suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings.register_profile(
+    "fastgen", deadline=None, print_blob=True, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 settings.load_profile("fastgen")
 
 

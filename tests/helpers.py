@@ -3,6 +3,7 @@ MNIST written by the tests themselves, the command lines run as a user runs them
 
 Importing this module has no side effects (bench/conftest.py imports it for `find_real_mnist`).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -41,12 +42,15 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     bad_mask = finite_e & ((a - e).abs() > bound)
     if bad_mask.any():
         idx = tuple(bad_mask.nonzero()[0].tolist())
-        raise AssertionError(f"{what}: {int(bad_mask.sum())} of {a.numel()} elements off (tol {tol}); "
-                             f"first at {list(idx)}: {a[idx].item()} vs {e[idx].item()}")
+        raise AssertionError(
+            f"{what}: {int(bad_mask.sum())} of {a.numel()} elements off (tol {tol}); "
+            f"first at {list(idx)}: {a[idx].item()} vs {e[idx].item()}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
 # IDX files and a synthetic MNIST
+
 
 def write_idx(path: Path, array: np.ndarray, magic=None, truncate=0, gz=False) -> Path:
     """An unsigned-byte IDX file holding `array` (a wrong `magic`, a `truncate`d tail, or gzipped on request)."""
@@ -77,8 +81,15 @@ SYNTHETIC_TEST = 1_000
 
 # Seven-segment digits: each segment a stroke between two corners of a unit box (x right, y down).
 _CORNERS = {"tl": (0, 0), "tr": (1, 0), "ml": (0, 0.5), "mr": (1, 0.5), "bl": (0, 1), "br": (1, 1)}
-_SEGMENTS = {"a": ("tl", "tr"), "b": ("tr", "mr"), "c": ("mr", "br"), "d": ("bl", "br"),
-             "e": ("ml", "bl"), "f": ("tl", "ml"), "g": ("ml", "mr")}
+_SEGMENTS = {
+    "a": ("tl", "tr"),
+    "b": ("tr", "mr"),
+    "c": ("mr", "br"),
+    "d": ("bl", "br"),
+    "e": ("ml", "bl"),
+    "f": ("tl", "ml"),
+    "g": ("ml", "mr"),
+}
 _DIGITS = ["abcdef", "bc", "abged", "abgcd", "fgbc", "afgcd", "afgedc", "abc", "abcdefg", "abcdfg"]
 
 
@@ -148,8 +159,10 @@ def require_real_mnist() -> Path:
     """`find_real_mnist()`, or the calling test (or fixture) skipped with a reason naming the places tried."""
     found = find_real_mnist()
     if found is None:
-        pytest.skip(f"real MNIST not found in {_first_place()} nor where fastgen looks ($FASTGEN_DATA, the per-user "
-                    "cache): set FASTGEN_TEST_DATA to a folder holding MNIST/raw/ with the four IDX files")
+        pytest.skip(
+            f"real MNIST not found in {_first_place()} nor where fastgen looks ($FASTGEN_DATA, the per-user "
+            "cache): set FASTGEN_TEST_DATA to a folder holding MNIST/raw/ with the four IDX files"
+        )
     return found
 
 
@@ -183,8 +196,14 @@ def cli_env(cache=None, **overrides) -> dict:
 
 def run_cli(module, *args, cwd=None, cache=None, env=None) -> subprocess.CompletedProcess:
     """`python -m module args...` in a fresh process; `env`: variables to set (None removes one)."""
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          env=cli_env(cache, **(env or {})), cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(cache, **(env or {})),
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 def train_cli(*args, cwd=None, cache=None, env=None) -> subprocess.CompletedProcess:

@@ -3,6 +3,7 @@
 Key (k0, k1) = seed (lo, hi); counter = (element index lo, hi, step lo, hi). The future native CPU
 kernels must reproduce exactly this stream.
 """
+
 import numpy as np
 
 M32 = np.uint64(0xFFFFFFFF)
@@ -18,8 +19,7 @@ def philox_first_word(seed: int, step: int, n: int) -> np.ndarray:
     k0, k1 = np.uint64(seed & 0xFFFFFFFF), np.uint64((seed >> 32) & 0xFFFFFFFF)
     for _ in range(10):
         prod_b, prod_a = ROUND_B * c2, ROUND_A * c0
-        c0, c1, c2, c3 = ((prod_b >> np.uint64(32)) ^ c1 ^ k0, prod_b & M32,
-                          (prod_a >> np.uint64(32)) ^ c3 ^ k1, prod_a & M32)
+        c0, c1, c2, c3 = ((prod_b >> np.uint64(32)) ^ c1 ^ k0, prod_b & M32, (prod_a >> np.uint64(32)) ^ c3 ^ k1, prod_a & M32)
         k0, k1 = (k0 + KEY_A) & M32, (k1 + KEY_B) & M32
     return c0.astype(np.uint32)
 

@@ -1,5 +1,6 @@
 """The package's shape: no two fastgen modules import each other, directly or around a longer cycle
 (lazy imports inside functions included), and the training path has no long functions."""
+
 import ast
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         path.pop()

@@ -1,4 +1,5 @@
 """The command lines as a user types them: files written, seeds honoured, bad input refused in one line."""
+
 import json
 
 import pytest
@@ -44,8 +45,9 @@ def test_short_run_writes_every_file(mnist, tmp_path, model):
 def test_same_seed_same_losses_different_seed_different_losses(mnist, tmp_path):
     def losses(name, seed):
         out = tmp_path / name
-        result = train_cli("--model", "gan", "--max-steps", "15", "--seed", str(seed), "--data-dir", str(mnist),
-                           "--out", str(out), "--quiet")
+        result = train_cli(
+            "--model", "gan", "--max-steps", "15", "--seed", str(seed), "--data-dir", str(mnist), "--out", str(out), "--quiet"
+        )
         assert result.returncode == 0, result.stderr
         return json.loads((out / "metrics.jsonl").read_text())["d_loss"]
 
@@ -55,8 +57,12 @@ def test_same_seed_same_losses_different_seed_different_losses(mnist, tmp_path):
 
 def test_sample_cli_writes_a_grid(mnist, tmp_path):
     out = tmp_path / "run"
-    assert train_cli("--model", "vae", "--max-steps", "5", "--data-dir", str(mnist), "--out", str(out), "--quiet",
-                     "--no-compile").returncode == 0
+    assert (
+        train_cli(
+            "--model", "vae", "--max-steps", "5", "--data-dir", str(mnist), "--out", str(out), "--quiet", "--no-compile"
+        ).returncode
+        == 0
+    )
     grid = tmp_path / "grid.png"
     result = run_cli("fastgen.sample", str(out), "--n", "16", "--out", str(grid), "--device", "cpu")
     assert result.returncode == 0, result.stderr
@@ -64,19 +70,22 @@ def test_sample_cli_writes_a_grid(mnist, tmp_path):
         assert image.size == (4 * 30 + 2, 4 * 30 + 2)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--model", "gan", "--epochs", "-1"], "--epochs"),
-    (["--model", "gan", "--epochs", "0"], "--epochs"),
-    (["--model", "gan", "--batch-size", "0"], "--batch-size"),
-    (["--model", "gan", "--batch-size", "70000"], "larger than the training split"),
-    (["--model", "gan", "--lr", "-3"], "--lr"),
-    (["--model", "gan", "--max-steps", "x"], "--max-steps"),
-    (["--model", "diffusion"], "--model"),
-    ([], "--model"),
-    (["--model", "gan", "--kernels", "triton"], "--kernels triton"),
-    (["--model", "gan", "--dataset", "cifar"], "--dataset"),
-    (["--model", "gan", "--amp-dtype", "fp8"], "--amp-dtype"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--model", "gan", "--epochs", "-1"], "--epochs"),
+        (["--model", "gan", "--epochs", "0"], "--epochs"),
+        (["--model", "gan", "--batch-size", "0"], "--batch-size"),
+        (["--model", "gan", "--batch-size", "70000"], "larger than the training split"),
+        (["--model", "gan", "--lr", "-3"], "--lr"),
+        (["--model", "gan", "--max-steps", "x"], "--max-steps"),
+        (["--model", "diffusion"], "--model"),
+        ([], "--model"),
+        (["--model", "gan", "--kernels", "triton"], "--kernels triton"),
+        (["--model", "gan", "--dataset", "cifar"], "--dataset"),
+        (["--model", "gan", "--amp-dtype", "fp8"], "--amp-dtype"),
+    ],
+)
 def test_bad_values_exit_2_with_one_line(mnist, tmp_path, args, needle):
     result = train_cli(*args, "--data-dir", str(mnist), "--out", str(tmp_path / "o"))
     assert result.returncode == 2
@@ -87,15 +96,28 @@ def test_bad_values_exit_2_with_one_line(mnist, tmp_path, args, needle):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
 def test_cuda_asked_for_without_cuda_is_one_line(mnist, tmp_path):
-    result = run_cli("fastgen.train", "--model", "gan", "--device", "cuda", "--data-dir", str(mnist),
-                     "--out", str(tmp_path / "o"), "--max-steps", "1", cwd=tmp_path)
+    result = run_cli(
+        "fastgen.train",
+        "--model",
+        "gan",
+        "--device",
+        "cuda",
+        "--data-dir",
+        str(mnist),
+        "--out",
+        str(tmp_path / "o"),
+        "--max-steps",
+        "1",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no CUDA device" in result.stderr
 
 
 def test_cuda_graphs_on_cpu_are_refused_with_a_notice_and_training_goes_on(mnist, tmp_path):
     out = tmp_path / "run"
-    result = train_cli("--model", "gan", "--max-steps", "3", "--cuda-graphs", "--data-dir", str(mnist),
-                       "--out", str(out), "--quiet")
+    result = train_cli(
+        "--model", "gan", "--max-steps", "3", "--cuda-graphs", "--data-dir", str(mnist), "--out", str(out), "--quiet"
+    )
     assert result.returncode == 0 and "--cuda-graphs needs a CUDA device" in result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cuda_graphs"] is False
@@ -118,6 +140,5 @@ def test_corrupt_weights_file_is_one_line(tmp_path):
 
 def test_unwritable_out_is_one_line(mnist, tmp_path):
     (tmp_path / "a-file").write_text("")
-    result = train_cli("--model", "gan", "--max-steps", "1", "--data-dir", str(mnist),
-                       "--out", str(tmp_path / "a-file" / "run"))
+    result = train_cli("--model", "gan", "--max-steps", "1", "--data-dir", str(mnist), "--out", str(tmp_path / "a-file" / "run"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "cannot write to --out" in result.stderr

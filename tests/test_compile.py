@@ -1,4 +1,5 @@
 """The fused ops under torch.compile(fullgraph=True) on the CPU: no graph break, same numbers as eager."""
+
 import torch
 
 from fastgen.ops import bce_kl_loss, linear_leaky_relu_dropout, reparameterize

@@ -1,4 +1,5 @@
 """The compiled (and, on CUDA, graph-captured) training step computes what the eager step computes."""
+
 import pytest
 import torch
 
@@ -68,11 +69,14 @@ def test_a_step_that_cannot_compile_falls_back_to_eager_with_one_notice():
     assert describe(compiled) == {"compile": False, "cuda_graphs": False}
 
 
-@pytest.mark.parametrize("error, says", [
-    (RuntimeError(), "(RuntimeError)"),
-    (ValueError("first line\nsecond line"), "(ValueError: first line)"),
-    (ValueError("x" * 500), "(ValueError: " + "x" * 200 + ")"),
-])
+@pytest.mark.parametrize(
+    "error, says",
+    [
+        (RuntimeError(), "(RuntimeError)"),
+        (ValueError("first line\nsecond line"), "(ValueError: first line)"),
+        (ValueError("x" * 500), "(ValueError: " + "x" * 200 + ")"),
+    ],
+)
 def test_fallback_notices_stay_one_line_whatever_the_exception_says(monkeypatch, error, says):
     def compiled(x):
         raise error
@@ -169,6 +173,5 @@ def test_graph_replays_draw_new_dropout_masks(mnist):
 @cuda_only
 @pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16])
 def test_amp_trains_on_cuda(mnist, amp_dtype):
-    losses, _, notices, _ = _run("gan", torch.device("cuda"), mnist, 20, compile=True, cuda_graphs=True,
-                                 amp_dtype=amp_dtype)
+    losses, _, notices, _ = _run("gan", torch.device("cuda"), mnist, 20, compile=True, cuda_graphs=True, amp_dtype=amp_dtype)
     assert torch.isfinite(losses).all()

@@ -1,4 +1,5 @@
 """The process settings a CPU run applies: glibc keeps freed memory, so steps stop page-faulting."""
+
 import json
 import os
 import platform
@@ -30,8 +31,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
 
 def _faults_per_step_when_tuned() -> float:
     env = {**os.environ, "TRITON_INTERPRET": "0"}  # the tests' interpreter mode would run other code
-    result = subprocess.run([sys.executable, "-c", _FAULTS_PER_STEP], capture_output=True, text=True,
-                            timeout=300, env=env)
+    result = subprocess.run([sys.executable, "-c", _FAULTS_PER_STEP], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     return float(result.stdout.strip().splitlines()[-1])
 
@@ -45,8 +45,11 @@ def test_kept_freed_memory_stops_a_step_from_page_faulting():
 
 
 def test_a_cpu_run_records_its_tuning(tmp_path, mnist):
-    summary = fastgen.train(fastgen.TrainConfig(model="vae", data_dir=str(mnist), download=False, max_steps=2,
-                                                out=str(tmp_path / "run"), quiet=True, compile=False))
+    summary = fastgen.train(
+        fastgen.TrainConfig(
+            model="vae", data_dir=str(mnist), download=False, max_steps=2, out=str(tmp_path / "run"), quiet=True, compile=False
+        )
+    )
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["cpu_tuning"]["flush_denormal"] is True
     assert config["cpu_tuning"]["malloc_keeps_freed_memory"] is (platform.libc_ver()[0] == "glibc")

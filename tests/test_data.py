@@ -1,4 +1,5 @@
 """The IDX reader and the data search, on small files the tests write themselves, and real MNIST's files."""
+
 import numpy as np
 import pytest
 import torch
@@ -103,8 +104,17 @@ def test_train_refuses_an_explicit_data_dir_without_data_even_when_fastgen_data_
     data_dir = tmp_path / case
     if case == "empty":
         data_dir.mkdir()
-    result = train_cli("--model", "gan", "--max-steps", "1", "--data-dir", str(data_dir), "--out", str(tmp_path / "run"),
-                       env={"FASTGEN_DATA": mnist})
+    result = train_cli(
+        "--model",
+        "gan",
+        "--max-steps",
+        "1",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(tmp_path / "run"),
+        env={"FASTGEN_DATA": mnist},
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"--data-dir {data_dir} " in lines[0], result.stderr

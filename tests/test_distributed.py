@@ -1,4 +1,5 @@
 """torchrun on the CPU: 2 processes on gloo train data-parallel, rank 0 alone writes, resume works."""
+
 import json
 import subprocess
 import sys
@@ -11,8 +12,21 @@ from tests.helpers import cli_env, train_cli
 
 
 def torchrun(*args, cwd):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "fastgen.train", *args, "--no-download", "--device", "cpu", "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "fastgen.train",
+        *args,
+        "--no-download",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     return subprocess.run(command, capture_output=True, text=True, env=cli_env(), cwd=cwd, timeout=600)
 
 
@@ -52,8 +66,19 @@ def test_resume_under_torchrun_continues_exactly(mnist, tmp_path):
 
 
 def test_a_global_batch_that_does_not_split_evenly_is_refused(mnist, tmp_path):
-    result = torchrun("--model", "vae", "--batch-size", "33", "--max-steps", "2", "--data-dir", str(mnist),
-                      "--out", str(tmp_path / "run"), cwd=tmp_path)
+    result = torchrun(
+        "--model",
+        "vae",
+        "--batch-size",
+        "33",
+        "--max-steps",
+        "2",
+        "--data-dir",
+        str(mnist),
+        "--out",
+        str(tmp_path / "run"),
+        cwd=tmp_path,
+    )
     assert result.returncode != 0
     assert "--batch-size 33 (the global batch) must be divisible by the 2 torchrun processes" in result.stderr
     assert not (tmp_path / "run" / "config.json").exists()

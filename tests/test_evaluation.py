@@ -3,6 +3,7 @@
 The tests of quality (the evaluator's accuracy, the scores of real digits) need real MNIST; the others
 run on the synthetic MNIST, with an evaluator trained on synthetic digits where they need one.
 """
+
 import json
 import math
 
@@ -43,8 +44,7 @@ def test_evaluator_cache_is_reused_and_a_corrupt_file_retrains(tmp_path, mnist):
     assert retrained.sha256 == first.sha256 and path.read_bytes() != bytes(raw)
 
     path.write_bytes(path.read_bytes()[:100])  # truncated
-    assert load_evaluator("mnist", recipe, data_dir=mnist, download=False, folder=tmp_path,
-                          progress=False).sha256 == first.sha256
+    assert load_evaluator("mnist", recipe, data_dir=mnist, download=False, folder=tmp_path, progress=False).sha256 == first.sha256
     # Another recipe is another cache entry.
     assert evaluator_path("mnist", Recipe(epochs=2, train_images=512), tmp_path) != path
 
@@ -82,17 +82,33 @@ def test_evaluate_api_on_a_generator_module(evaluator, mnist):
     # An untrained generator is far from the digits: far worse than the training split scored the same way.
     assert result["frechet_distance"] > 10 * result["reference"]["train_split"]["frechet_distance"]
     assert result["recall"] < result["reference"]["train_split"]["recall"]
-    without = evaluate(Generator(), n=200, device="cpu", data_dir=mnist, download=False, evaluator=evaluator,
-                       reference=False)
+    without = evaluate(Generator(), n=200, device="cpu", data_dir=mnist, download=False, evaluator=evaluator, reference=False)
     assert "reference" not in without
 
 
 def test_evaluate_cli_writes_eval_json_for_a_vae_run(tmp_path, mnist, evaluator_cache):
     out = tmp_path / "run"
-    assert train_cli("--model", "vae", "--max-steps", "30", "--data-dir", str(mnist), "--out", str(out),
-                     "--quiet", "--no-compile").returncode == 0
-    result = run_cli("fastgen.evaluate", str(out), "--n", "300", "--iwae-k", "5", "--device", "cpu",
-                     "--data-dir", str(mnist), "--no-download", cwd=tmp_path, cache=evaluator_cache)
+    assert (
+        train_cli(
+            "--model", "vae", "--max-steps", "30", "--data-dir", str(mnist), "--out", str(out), "--quiet", "--no-compile"
+        ).returncode
+        == 0
+    )
+    result = run_cli(
+        "fastgen.evaluate",
+        str(out),
+        "--n",
+        "300",
+        "--iwae-k",
+        "5",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(mnist),
+        "--no-download",
+        cwd=tmp_path,
+        cache=evaluator_cache,
+    )
     assert result.returncode == 0, result.stderr
     assert "training the mnist evaluator" not in result.stderr  # the cached one was used
     scores = json.loads((out / "eval.json").read_text())
@@ -105,22 +121,35 @@ def test_evaluate_cli_writes_eval_json_for_a_vae_run(tmp_path, mnist, evaluator_
 def gan_run(tmp_path_factory, mnist):
     """A 2-step GAN run, trained once for the refusals below."""
     run_dir = tmp_path_factory.mktemp("gan") / "run"
-    result = train_cli("--model", "gan", "--max-steps", "2", "--data-dir", str(mnist), "--out", str(run_dir), "--quiet",
-                       "--no-compile")
+    result = train_cli(
+        "--model", "gan", "--max-steps", "2", "--data-dir", str(mnist), "--out", str(run_dir), "--quiet", "--no-compile"
+    )
     assert result.returncode == 0, result.stderr
     return run_dir
 
 
-@pytest.mark.parametrize("args, message", [
-    (["no-such-run"], "no fastgen weights at no-such-run"),
-    (["RUN", "--iwae-k", "5001"], "--iwae-k must be in [1, 5000]"),
-    (["RUN", "--n", "3"], "--n must be larger than 3"),
-    (["RUN", "--n", "0"], "argument --n: must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["no-such-run"], "no fastgen weights at no-such-run"),
+        (["RUN", "--iwae-k", "5001"], "--iwae-k must be in [1, 5000]"),
+        (["RUN", "--n", "3"], "--n must be larger than 3"),
+        (["RUN", "--n", "0"], "argument --n: must be >= 1"),
+    ],
+)
 def test_evaluate_cli_refuses_bad_input_in_one_line(tmp_path, mnist, evaluator_cache, gan_run, args, message):
     args = [str(gan_run) if a == "RUN" else a for a in args]
-    result = run_cli("fastgen.evaluate", *args, "--device", "cpu", "--data-dir", str(mnist), "--no-download",
-                     cwd=tmp_path, cache=evaluator_cache)
+    result = run_cli(
+        "fastgen.evaluate",
+        *args,
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(mnist),
+        "--no-download",
+        cwd=tmp_path,
+        cache=evaluator_cache,
+    )
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (gan_run / "eval.json").exists()
@@ -131,8 +160,19 @@ def test_evaluate_cli_reads_the_data_the_run_was_trained_on(tmp_path, mnist, eva
     A relative --data-dir is given to training; evaluate runs elsewhere with $FASTGEN_DATA holding a corrupt
     MNIST, which fails loudly if it is read."""
     run_dir = tmp_path / "run"
-    trained = train_cli("--model", "vae", "--max-steps", "2", "--data-dir", mnist.name, "--out", str(run_dir),
-                        "--quiet", "--no-compile", cwd=mnist.parent)
+    trained = train_cli(
+        "--model",
+        "vae",
+        "--max-steps",
+        "2",
+        "--data-dir",
+        mnist.name,
+        "--out",
+        str(run_dir),
+        "--quiet",
+        "--no-compile",
+        cwd=mnist.parent,
+    )
     assert trained.returncode == 0, trained.stderr
     assert json.loads((run_dir / "config.json").read_text())["config"]["data_dir"] == str(mnist.resolve())
     assert json.loads(read_weights(run_dir)[1]["config"])["data_dir"] == str(mnist.resolve())  # what evaluate reads
@@ -142,8 +182,20 @@ def test_evaluate_cli_reads_the_data_the_run_was_trained_on(tmp_path, mnist, eva
     with pytest.raises(DataError, match="truncated"):  # reading it fails
         load_split("mnist", "test", tmp_path / "corrupt", download=False)
     (tmp_path / "elsewhere").mkdir()
-    result = run_cli("fastgen.evaluate", str(run_dir), "--n", "50", "--iwae-k", "1", "--device", "cpu", "--no-download",
-                     cwd=tmp_path / "elsewhere", cache=evaluator_cache, env={"FASTGEN_DATA": tmp_path / "corrupt"})
+    result = run_cli(
+        "fastgen.evaluate",
+        str(run_dir),
+        "--n",
+        "50",
+        "--iwae-k",
+        "1",
+        "--device",
+        "cpu",
+        "--no-download",
+        cwd=tmp_path / "elsewhere",
+        cache=evaluator_cache,
+        env={"FASTGEN_DATA": tmp_path / "corrupt"},
+    )
     assert result.returncode == 0, result.stderr
     scores = json.loads((run_dir / "eval.json").read_text())
     assert scores["model"] == "vae" and set(scores["reference"]) == {"train_split", "uniform_noise"}
@@ -164,8 +216,7 @@ def test_compare_quick_end_to_end_then_reuses_its_runs(tmp_path, mnist, evaluato
         assert len(results["models"][model]["metrics"]) == 50
         assert f"| {model.upper()} epoch 50 |" in report
     assert results["models"]["vae"]["scores"]["50"]["test_loss"] < results["models"]["vae"]["scores"]["10"]["test_loss"]
-    for name in ("figures/metrics.png", "figures/losses.png", "figures/samples_epoch_0010.png",
-                 "figures/samples_epoch_0050.png"):
+    for name in ("figures/metrics.png", "figures/losses.png", "figures/samples_epoch_0010.png", "figures/samples_epoch_0050.png"):
         assert f"]({name})" in report and (out / name).stat().st_size > 1000
     assert "## Conclusion" in report and "do not quote" in report
 

@@ -1,5 +1,6 @@
 """Weights files and checkpoints carry a SHA-256 of their bytes: a byte changed anywhere is refused on
 load with one line naming the file, and a file written by the current code always loads."""
+
 import json
 
 import pytest
@@ -18,8 +19,12 @@ def _regions(data: bytes) -> dict[str, int]:
     header_end = 8 + int.from_bytes(data[:8], "little")
     header = data[8:header_end]
     metadata_at = 8 + header.index(b"__metadata__")
-    return {"length": 2, "tensor table": 8 + header.index(b"dtype") + 9, "metadata": metadata_at + 40,
-            "tensor data": header_end + (len(data) - header_end) // 2}
+    return {
+        "length": 2,
+        "tensor table": 8 + header.index(b"dtype") + 9,
+        "metadata": metadata_at + 40,
+        "tensor data": header_end + (len(data) - header_end) // 2,
+    }
 
 
 def _flip(path, offset: int) -> None:
@@ -62,8 +67,7 @@ def test_a_flipped_byte_in_a_checkpoint_is_refused(tmp_path, region):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     path = run_dir / run_state.CHECKPOINT_FILE
-    run_state.save(path, trainer, run_state.Position(1, 0, 0), torch.zeros(4), torch.get_rng_state(),
-                   config.to_dict(), [], "gan")
+    run_state.save(path, trainer, run_state.Position(1, 0, 0), torch.zeros(4), torch.get_rng_state(), config.to_dict(), [], "gan")
     assert run_state.load(run_dir).position == run_state.Position(1, 0, 0)
     _flip(path, _regions(path.read_bytes())[region])
     with pytest.raises(FastgenError) as info:
@@ -75,7 +79,10 @@ def test_a_file_without_the_checksum_is_refused(tmp_path):
     from safetensors.torch import save_file
 
     path = tmp_path / "model.safetensors"
-    save_file({"generator.out.bias": torch.zeros(784)}, str(path),
-              metadata={"fastgen_format": "2", "model": "gan", "config": json.dumps({})})
+    save_file(
+        {"generator.out.bias": torch.zeros(784)},
+        str(path),
+        metadata={"fastgen_format": "2", "model": "gan", "config": json.dumps({})},
+    )
     with pytest.raises(FastgenError, match="no fastgen checksum"):
         fastgen.load(path)

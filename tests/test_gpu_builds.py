@@ -13,6 +13,7 @@ for registers). FASTGEN_AOT_FULL=1 builds what `python -m bench.static_report` d
 both layouts of x, arguments aligned or not. FASTGEN_BUILD_WORKERS sets the number of worker processes
 (default: one per CPU).
 """
+
 import importlib
 import os
 import time
@@ -29,8 +30,10 @@ BUILDS = static_report.enumerate_builds(profile=PROFILE)
 def results():
     start = time.perf_counter()
     built = static_report.run_builds(BUILDS)
-    print(f"\n{len(BUILDS)} ahead-of-time builds in {time.perf_counter() - start:.0f} s "
-          f"on {static_report.default_workers()} worker processes")
+    print(
+        f"\n{len(BUILDS)} ahead-of-time builds in {time.perf_counter() - start:.0f} s "
+        f"on {static_report.default_workers()} worker processes"
+    )
     return built
 
 
@@ -50,10 +53,12 @@ def test_builds_cover_every_kernel_config_dtype_and_architecture():
 
 
 def test_ptxas_log_is_parsed():
-    log = ("ptxas info    : Compiling entry function 'k' for 'sm_90a'\n"
-           "ptxas info    : Function properties for k\n"
-           "    672 bytes stack frame, 1004 bytes spill stores, 1032 bytes spill loads\n"
-           "ptxas info    : Used 255 registers, used 1 barriers, 672 bytes cumulative stack size\n")
+    log = (
+        "ptxas info    : Compiling entry function 'k' for 'sm_90a'\n"
+        "ptxas info    : Function properties for k\n"
+        "    672 bytes stack frame, 1004 bytes spill stores, 1032 bytes spill loads\n"
+        "ptxas info    : Used 255 registers, used 1 barriers, 672 bytes cumulative stack size\n"
+    )
     stats = static_report._parse_ptxas(log)
     assert stats == {"registers": 255, "spill_stores": 1004, "spill_loads": 1032, "stack": 672}
     build = BUILDS[0]

@@ -1,4 +1,5 @@
 """The metric functions against cases whose answer is known by hand."""
+
 import math
 
 import pytest

@@ -1,4 +1,5 @@
 """The paper's architectures: sizes, shapes, ranges, the drop-in layer, eager vs fused agreement."""
+
 import pytest
 import torch
 from torch import nn

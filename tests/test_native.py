@@ -6,6 +6,7 @@ built once into the cache, loaded once, refused when built for another torch, of
 
 Skipped when the library cannot be built here (the reason is printed), unless FASTGEN_REQUIRE_NATIVE=1.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -112,8 +113,12 @@ M32 = np.uint64(0xFFFFFFFF)
 def philox_words(seed: int, step: int, index: np.ndarray) -> list[np.ndarray]:
     """The four output words of Philox-4x32-10 at counter (index, step), key seed."""
     index = index.astype(np.uint64)
-    c = [index & M32, index >> np.uint64(32), np.full(index.shape, step & 0xFFFFFFFF, np.uint64),
-         np.full(index.shape, step >> 32, np.uint64)]
+    c = [
+        index & M32,
+        index >> np.uint64(32),
+        np.full(index.shape, step & 0xFFFFFFFF, np.uint64),
+        np.full(index.shape, step >> 32, np.uint64),
+    ]
     k0, k1 = np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
     for _ in range(10):
         pb, pa = np.uint64(0xCD9E8D57) * c[2], np.uint64(0xD2511F53) * c[0]
@@ -137,8 +142,9 @@ def reference_normal(seed: int, step: int, index: np.ndarray) -> np.ndarray:
 
 def test_numpy_philox_here_is_the_published_one():
     for seed, step in SEEDS_AND_STEPS:
-        assert np.array_equal(uniform(philox_words(seed, step, np.arange(999))[0]) >= np.float32(0.3),
-                              reference_keep_mask(seed, step, 999, 0.3))
+        assert np.array_equal(
+            uniform(philox_words(seed, step, np.arange(999))[0]) >= np.float32(0.3), reference_keep_mask(seed, step, 999, 0.3)
+        )
 
 
 # ---- the draws, bit for bit ----------------------------------------------------------------------------
@@ -178,13 +184,27 @@ def test_draws_past_element_2_to_the_32(isa, seed, step):
     first, count = 2**32 - 21, 45
     handle = ctypes.CDLL(str(native.library_path()))
     mask = np.zeros(count, np.uint8)
-    handle.fastgen_native_draw_range(0, mask.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(first),
-                                     ctypes.c_int64(count), ctypes.c_uint64(seed), ctypes.c_uint64(step), ctypes.c_float(0.5))
+    handle.fastgen_native_draw_range(
+        0,
+        mask.ctypes.data_as(ctypes.c_void_p),
+        ctypes.c_int64(first),
+        ctypes.c_int64(count),
+        ctypes.c_uint64(seed),
+        ctypes.c_uint64(step),
+        ctypes.c_float(0.5),
+    )
     index = np.arange(first, first + count, dtype=np.uint64)
     assert np.array_equal(mask.astype(bool), uniform(philox_words(seed, step, index)[0]) >= np.float32(0.5))
     normals = np.zeros(count, np.float32)
-    handle.fastgen_native_draw_range(1, normals.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(first),
-                                     ctypes.c_int64(count), ctypes.c_uint64(seed), ctypes.c_uint64(step), ctypes.c_float(0))
+    handle.fastgen_native_draw_range(
+        1,
+        normals.ctypes.data_as(ctypes.c_void_p),
+        ctypes.c_int64(first),
+        ctypes.c_int64(count),
+        ctypes.c_uint64(seed),
+        ctypes.c_uint64(step),
+        ctypes.c_float(0),
+    )
     assert np.abs(normals - reference_normal(seed, step, index)).max() < 1e-5
 
 
@@ -200,10 +220,15 @@ def test_every_kernel_table_and_thread_count_gives_the_same_bits():
 
     def run():
         y = ops.leaky_relu_dropout(pre, bias, k, 0.2, 0.3)
-        return [y, ops.leaky_relu_dropout_grad_pre(grad, y, k, 0.2, 0.3), ops.keep_mask(k, [M, N], 0.4),
-                ops.normal(k, [M, N]), ops.reparameterize(lat[0], lat[1], None, k),
-                ops.reparameterize_grad_logvar(lat[2], lat[1], None, k), *ops.bce_kl_loss_backward(lat[0][:, 0], logits,
-                                                                                                  target, lat[1], lat[2])]
+        return [
+            y,
+            ops.leaky_relu_dropout_grad_pre(grad, y, k, 0.2, 0.3),
+            ops.keep_mask(k, [M, N], 0.4),
+            ops.normal(k, [M, N]),
+            ops.reparameterize(lat[0], lat[1], None, k),
+            ops.reparameterize_grad_logvar(lat[2], lat[1], None, k),
+            *ops.bce_kl_loss_backward(lat[0][:, 0], logits, target, lat[1], lat[2]),
+        ]
 
     results, losses = {}, {}
     for name in native.supported_isas():
@@ -232,8 +257,17 @@ def _draw(data, shape, dtype, scale=1.0, transposed=False):
 
 
 @settings(max_examples=40)
-@given(data=st.data(), M=dims, N=st.integers(1, 300), dtype=st.sampled_from(DTYPES), p=probabilities,
-       slope=st.sampled_from([0.0, 0.2, 1.0]), bias=st.booleans(), transposed=st.booleans(), n_threads=st.sampled_from([1, 2]))
+@given(
+    data=st.data(),
+    M=dims,
+    N=st.integers(1, 300),
+    dtype=st.sampled_from(DTYPES),
+    p=probabilities,
+    slope=st.sampled_from([0.0, 0.2, 1.0]),
+    bias=st.booleans(),
+    transposed=st.booleans(),
+    n_threads=st.sampled_from([1, 2]),
+)
 def test_leaky_relu_dropout_matches_the_reference(data, M, N, dtype, p, slope, bias, transposed, n_threads):
     pre = _draw(data, (M, N), dtype, transposed=transposed)
     b = _draw(data, (N,), dtype) if bias else None
@@ -256,8 +290,15 @@ def test_leaky_relu_dropout_matches_the_reference(data, M, N, dtype, p, slope, b
 
 
 @settings(max_examples=40)
-@given(data=st.data(), B=dims, L=st.integers(0, 40), dtype=st.sampled_from(DTYPES), given_eps=st.booleans(),
-       transposed=st.booleans(), n_threads=st.sampled_from([1, 2]))
+@given(
+    data=st.data(),
+    B=dims,
+    L=st.integers(0, 40),
+    dtype=st.sampled_from(DTYPES),
+    given_eps=st.booleans(),
+    transposed=st.booleans(),
+    n_threads=st.sampled_from([1, 2]),
+)
 def test_reparameterize_matches_the_reference(data, B, L, dtype, given_eps, transposed, n_threads):
     mu, logvar = _draw(data, (B, L), dtype, transposed=transposed), _draw(data, (B, L), dtype, scale=3.0)
     grad_z = _draw(data, (B, L), dtype, transposed=not transposed)
@@ -270,13 +311,22 @@ def test_reparameterize_matches_the_reference(data, B, L, dtype, given_eps, tran
         grad_logvar = ops.reparameterize_grad_logvar(grad_z, logvar, eps, k)
     assert z.dtype == dtype and grad_logvar.dtype == dtype
     close(z, reparameterize_reference(mu.float(), logvar.float(), noise).to(dtype), dtype, "z")
-    close(grad_logvar, reparameterize_grad_logvar_reference(grad_z.float(), logvar.float(), noise).to(dtype), dtype,
-          "grad_logvar")
+    close(
+        grad_logvar, reparameterize_grad_logvar_reference(grad_z.float(), logvar.float(), noise).to(dtype), dtype, "grad_logvar"
+    )
 
 
 @settings(max_examples=40)
-@given(data=st.data(), B=st.integers(1, 70), D=st.integers(0, 800), L=st.integers(0, 40), dtype=st.sampled_from(DTYPES),
-       logit_scale=st.sampled_from([1.0, 8.0, 60.0]), transposed=st.booleans(), n_threads=st.sampled_from([1, 2]))
+@given(
+    data=st.data(),
+    B=st.integers(1, 70),
+    D=st.integers(0, 800),
+    L=st.integers(0, 40),
+    dtype=st.sampled_from(DTYPES),
+    logit_scale=st.sampled_from([1.0, 8.0, 60.0]),
+    transposed=st.booleans(),
+    n_threads=st.sampled_from([1, 2]),
+)
 def test_bce_kl_loss_matches_the_reference(data, B, D, L, dtype, logit_scale, transposed, n_threads):
     # B = 0: test_empty_inputs (the reference's reshape(B, -1) cannot take it)
     logits = _draw(data, (B, D), dtype, scale=logit_scale, transposed=transposed)
@@ -289,16 +339,18 @@ def test_bce_kl_loss_matches_the_reference(data, B, D, L, dtype, logit_scale, tr
     assert loss.dtype == torch.float32 and loss.shape == (B,)
     # Summed over up to 800 pixels in float32 by both, in different orders.
     close(loss, bce_kl_loss_reference(logits, target, mu, logvar, reduction="none"), torch.float32, "loss", rtol=2e-5)
-    for name, got, want in zip(("logits", "mu", "logvar"), grads,
-                               bce_kl_loss_backward_reference(grad_loss, logits, target, mu, logvar)):
+    for name, got, want in zip(
+        ("logits", "mu", "logvar"), grads, bce_kl_loss_backward_reference(grad_loss, logits, target, mu, logvar)
+    ):
         assert got.dtype == dtype and got.shape == want.shape
         close(got, want, dtype, f"grad_{name}", rtol=1e-5)
 
 
 def test_exp_is_within_two_ulp_over_the_float32_range(isa):
     """reparameterize with mu = 0, eps = 1 is exp(logvar / 2): subnormal results, overflow, inf and NaN included."""
-    x = np.concatenate([np.linspace(-104, 89, 200001, dtype=np.float32),
-                        np.array([-np.inf, np.inf, np.nan, 0.0, -0.0], dtype=np.float32)])
+    x = np.concatenate(
+        [np.linspace(-104, 89, 200001, dtype=np.float32), np.array([-np.inf, np.inf, np.nan, 0.0, -0.0], dtype=np.float32)]
+    )
     logvar = torch.from_numpy(2 * x)  # exact, and halved exactly by the kernel
     got = ops.reparameterize(torch.zeros_like(logvar), logvar, torch.ones_like(logvar), key(0)).numpy()
     with np.errstate(over="ignore"):
@@ -332,8 +384,12 @@ def test_empty_inputs():
     assert ops.bce_kl_loss(torch.randn(0, 7), torch.rand(0, 7), torch.randn(0, 3), torch.randn(0, 3)).shape == (0,)
     # No pixels or no latents: the other sum alone.
     mu, logvar = torch.randn(4, 3), torch.randn(4, 3)
-    close(ops.bce_kl_loss(torch.randn(4, 0), torch.rand(4, 0), mu, logvar),
-          bce_kl_loss_reference(torch.randn(4, 0), torch.rand(4, 0), mu, logvar, reduction="none"), torch.float32, "kl only")
+    close(
+        ops.bce_kl_loss(torch.randn(4, 0), torch.rand(4, 0), mu, logvar),
+        bce_kl_loss_reference(torch.randn(4, 0), torch.rand(4, 0), mu, logvar, reduction="none"),
+        torch.float32,
+        "kl only",
+    )
 
 
 def test_in_place_epilogue_writes_into_its_argument():
@@ -348,19 +404,26 @@ def test_in_place_epilogue_writes_into_its_argument():
     assert torch.equal(strided, expected)
 
 
-@pytest.mark.parametrize("call, needle", [
-    (lambda: ops.keep_mask(key(1), [3], 1.0), "p must be in"),
-    (lambda: ops.keep_mask(torch.tensor([1, 2], dtype=torch.int32), [3], 0.5), "key must be"),
-    (lambda: ops.keep_mask(torch.tensor([1]), [3], 0.5), "key must be"),
-    (lambda: ops.leaky_relu_dropout(torch.randn(2, 3), torch.randn(4), key(1), 0.2, 0.1), "bias has shape"),
-    (lambda: ops.leaky_relu_dropout(torch.randn(2, 3), None, key(1), -0.1, 0.1), "negative_slope"),
-    (lambda: ops.leaky_relu_dropout(torch.randn(2, 3, dtype=torch.float64), None, key(1), 0.2, 0.1), "float32, float16"),
-    (lambda: ops.leaky_relu_dropout_grad_pre(torch.randn(2, 3), torch.randn(3, 2), key(1), 0.2, 0.1), "grad_y has shape"),
-    (lambda: ops.reparameterize(torch.randn(2, 3), torch.randn(2, 4), None, key(1)), "logvar has shape"),
-    (lambda: ops.bce_kl_loss(torch.randn(2, 3), torch.rand(2, 3), torch.randn(3, 4), torch.randn(3, 4)), "rows"),
-    (lambda: ops.bce_kl_loss_backward(torch.ones(3), torch.randn(2, 3), torch.rand(2, 3), torch.randn(2, 4),
-                                      torch.randn(2, 4)), "grad_loss must be"),
-])
+@pytest.mark.parametrize(
+    "call, needle",
+    [
+        (lambda: ops.keep_mask(key(1), [3], 1.0), "p must be in"),
+        (lambda: ops.keep_mask(torch.tensor([1, 2], dtype=torch.int32), [3], 0.5), "key must be"),
+        (lambda: ops.keep_mask(torch.tensor([1]), [3], 0.5), "key must be"),
+        (lambda: ops.leaky_relu_dropout(torch.randn(2, 3), torch.randn(4), key(1), 0.2, 0.1), "bias has shape"),
+        (lambda: ops.leaky_relu_dropout(torch.randn(2, 3), None, key(1), -0.1, 0.1), "negative_slope"),
+        (lambda: ops.leaky_relu_dropout(torch.randn(2, 3, dtype=torch.float64), None, key(1), 0.2, 0.1), "float32, float16"),
+        (lambda: ops.leaky_relu_dropout_grad_pre(torch.randn(2, 3), torch.randn(3, 2), key(1), 0.2, 0.1), "grad_y has shape"),
+        (lambda: ops.reparameterize(torch.randn(2, 3), torch.randn(2, 4), None, key(1)), "logvar has shape"),
+        (lambda: ops.bce_kl_loss(torch.randn(2, 3), torch.rand(2, 3), torch.randn(3, 4), torch.randn(3, 4)), "rows"),
+        (
+            lambda: ops.bce_kl_loss_backward(
+                torch.ones(3), torch.randn(2, 3), torch.rand(2, 3), torch.randn(2, 4), torch.randn(2, 4)
+            ),
+            "grad_loss must be",
+        ),
+    ],
+)
 def test_bad_arguments_raise_naming_the_argument(call, needle):
     with pytest.raises(RuntimeError, match=needle):
         call()
@@ -442,11 +505,20 @@ def _samples(name: str, dtype: torch.dtype):
     if name in ("reparameterize", "reparameterize_grad_logvar"):
         return [(randn(47, 3), randn(47, 3), None, k), (randn(5, 16), randn(5, 16), randn(5, 16), k)]
     if name == "bce_kl_loss":
-        return [(randn(47, 13, scale=3), torch.rand(47, 13, generator=g).to(dtype), randn(47, 3), randn(47, 3)),
-                (randn(3, 2, 5), torch.rand(3, 2, 5, generator=g).to(dtype), randn(3, 16), randn(3, 16))]
+        return [
+            (randn(47, 13, scale=3), torch.rand(47, 13, generator=g).to(dtype), randn(47, 3), randn(47, 3)),
+            (randn(3, 2, 5), torch.rand(3, 2, 5, generator=g).to(dtype), randn(3, 16), randn(3, 16)),
+        ]
     if name == "bce_kl_loss_backward":
-        return [(torch.rand(47, generator=g), randn(47, 13, scale=3), torch.rand(47, 13, generator=g).to(dtype),
-                 randn(47, 3), randn(47, 3))]
+        return [
+            (
+                torch.rand(47, generator=g),
+                randn(47, 13, scale=3),
+                torch.rand(47, 13, generator=g).to(dtype),
+                randn(47, 3),
+                randn(47, 3),
+            )
+        ]
     raise AssertionError(f"no opcheck samples for fastgen_native::{name}")
 
 
@@ -470,8 +542,9 @@ def test_every_schema_has_a_cpu_kernel():
 
 
 def _run_python(code: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=600,
-                          env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=600, env={**os.environ, **env}
+    )
 
 
 def _ours(libraries) -> list:
@@ -485,9 +558,12 @@ def test_loaded_once_per_process(native_library):
     # A fresh process finds the cached build: no second build (no notice), one load for several calls,
     # and the kernel table FASTGEN_NATIVE_ISA names.
     wanted = native.supported_isas()[-1]
-    done = _run_python("import torch, fastgen.ops.native as n; ok = n.load() and n.load() and n.available(); "
-                       "print(ok, sum(p.endswith(n.LIBRARY_FILE) for p in torch.ops.loaded_libraries), n.isa(), "
-                       "n.library_path())", FASTGEN_NATIVE_ISA=wanted)
+    done = _run_python(
+        "import torch, fastgen.ops.native as n; ok = n.load() and n.load() and n.available(); "
+        "print(ok, sum(p.endswith(n.LIBRARY_FILE) for p in torch.ops.loaded_libraries), n.isa(), "
+        "n.library_path())",
+        FASTGEN_NATIVE_ISA=wanted,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "1", wanted, str(native_library)]
     assert "building" not in done.stderr
@@ -495,9 +571,12 @@ def test_loaded_once_per_process(native_library):
 
 def test_turned_off_by_the_environment(tmp_path):
     """FASTGEN_NATIVE=0: not available, with the reason, and nothing built or loaded (an empty cache stays empty)."""
-    done = _run_python("import torch, fastgen.ops.native as n; print(n.available()); print(n.reason); "
-                       "print(sum(p.endswith(n.LIBRARY_FILE) for p in torch.ops.loaded_libraries))",
-                       FASTGEN_NATIVE="0", XDG_CACHE_HOME=str(tmp_path))
+    done = _run_python(
+        "import torch, fastgen.ops.native as n; print(n.available()); print(n.reason); "
+        "print(sum(p.endswith(n.LIBRARY_FILE) for p in torch.ops.loaded_libraries))",
+        FASTGEN_NATIVE="0",
+        XDG_CACHE_HOME=str(tmp_path),
+    )
     assert done.returncode == 0, done.stderr
     available, reason, loaded = done.stdout.strip().split("\n")
     assert available == "False" and "FASTGEN_NATIVE=0" in reason and loaded == "0"
@@ -505,8 +584,9 @@ def test_turned_off_by_the_environment(tmp_path):
 
 
 def test_no_cmake_means_unavailable_with_a_reason(tmp_path):
-    done = _run_python("import fastgen.ops.native as n; print(n.available()); print(n.reason)",
-                       PATH=str(tmp_path), XDG_CACHE_HOME=str(tmp_path))
+    done = _run_python(
+        "import fastgen.ops.native as n; print(n.available()); print(n.reason)", PATH=str(tmp_path), XDG_CACHE_HOME=str(tmp_path)
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["False", "native kernels need cmake on PATH"]
 

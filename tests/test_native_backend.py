@@ -1,5 +1,6 @@
 """fastgen's ops and training on the native CPU kernels (`--kernels native`): the same numbers as the
 reference math, the Triton kernels' masks bit for bit, one compiled graph, and what config.json records."""
+
 import json
 
 import pytest
@@ -46,8 +47,9 @@ def test_one_seed_gives_the_triton_kernels_mask_bit_for_bit():
     outputs = {}
     for backend in ("native", "triton"):
         with cpu_backend(backend):
-            outputs[backend] = linear_leaky_relu_dropout(x, w, p=0.3, seed=key, kernels="triton" if backend == "triton"
-                                                         else "native")
+            outputs[backend] = linear_leaky_relu_dropout(
+                x, w, p=0.3, seed=key, kernels="triton" if backend == "triton" else "native"
+            )
     assert torch.equal(outputs["native"] != 0, outputs["triton"] != 0)
     assert 0.65 < (outputs["native"] != 0).float().mean() < 0.75
 
@@ -65,8 +67,18 @@ def test_the_gan_step_compiles_into_one_graph_on_native_kernels():
 
 
 def test_training_with_native_kernels_records_them(mnist, tmp_path):
-    summary = fastgen.train(fastgen.TrainConfig(model="vae", kernels="native", max_steps=10, data_dir=str(mnist),
-                                                download=False, out=str(tmp_path / "run"), quiet=True, compile=False))
+    summary = fastgen.train(
+        fastgen.TrainConfig(
+            model="vae",
+            kernels="native",
+            max_steps=10,
+            data_dir=str(mnist),
+            download=False,
+            out=str(tmp_path / "run"),
+            quiet=True,
+            compile=False,
+        )
+    )
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["kernels_used"] == "native" and summary["kernels"] == "native"
     assert all(torch.isfinite(torch.tensor(v)) for v in summary["final"].values())

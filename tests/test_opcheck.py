@@ -6,6 +6,7 @@ mutation declared by `fastgen::fused_adam_`.
 A new `fastgen::` op must get sample inputs in `SAMPLES`: `test_every_fastgen_op_has_opcheck_samples`
 fails until it does.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -26,6 +27,7 @@ DEVICES = ["cpu", "cuda"]  # the cuda cases are gpu-marked: skipped without CUDA
 
 
 # ---- sample inputs per op ------------------------------------------------------------------------
+
 
 def _gen(salt: int) -> torch.Generator:
     return torch.Generator().manual_seed(1000 + salt)
@@ -56,8 +58,14 @@ def _linear_leaky_relu_dropout(device, dtype, rg):
     for i, ((M, K, N), p) in enumerate((s, p) for s in LINEAR_SHAPES for p in P_VALUES):
         g = _gen(i)
         bias = _randn(g, (N,), dtype, device, rg) if i % 2 == 0 else None
-        args = (_randn(g, (M, K), dtype, device, rg), _randn(g, (N, K), dtype, device, rg, scale=K ** -0.5), bias,
-                _key(7 + i, i, device), 0.2 if i % 3 else 0.0, p)
+        args = (
+            _randn(g, (M, K), dtype, device, rg),
+            _randn(g, (N, K), dtype, device, rg, scale=K**-0.5),
+            bias,
+            _key(7 + i, i, device),
+            0.2 if i % 3 else 0.0,
+            p,
+        )
         yield f"{M}x{K}x{N}-p{p}-{'bias' if bias is not None else 'nobias'}", args
 
 
@@ -89,8 +97,12 @@ def _reparameterize_grad_logvar(device, dtype, rg):
 def _bce_kl_loss(device, dtype, rg):
     for i, (B, D, L) in enumerate(LOSS_SHAPES):
         g = _gen(i)
-        args = (_randn(g, (B, D), dtype, device, rg, scale=3.0), _rand(g, (B, D), dtype, device, rg),
-                _randn(g, (B, L), dtype, device, rg), _randn(g, (B, L), dtype, device, rg))
+        args = (
+            _randn(g, (B, D), dtype, device, rg, scale=3.0),
+            _rand(g, (B, D), dtype, device, rg),
+            _randn(g, (B, L), dtype, device, rg),
+            _randn(g, (B, L), dtype, device, rg),
+        )
         yield f"{B}x{D}x{L}", args
 
 
@@ -98,9 +110,13 @@ def _bce_kl_loss_backward(device, dtype, rg):
     for i, (B, D, L) in enumerate(LOSS_SHAPES):
         g = _gen(i)
         # dL/d(loss) is float32 whatever the inputs' dtype, as the op's own backward passes it.
-        args = (_rand(g, (B,), torch.float32, device, rg), _randn(g, (B, D), dtype, device, rg, scale=3.0),
-                _rand(g, (B, D), dtype, device, rg), _randn(g, (B, L), dtype, device, rg),
-                _randn(g, (B, L), dtype, device, rg))
+        args = (
+            _rand(g, (B,), torch.float32, device, rg),
+            _randn(g, (B, D), dtype, device, rg, scale=3.0),
+            _rand(g, (B, D), dtype, device, rg),
+            _randn(g, (B, L), dtype, device, rg),
+            _randn(g, (B, L), dtype, device, rg),
+        )
         yield f"{B}x{D}x{L}", args
 
 
@@ -157,10 +173,16 @@ def _cases():
     for device in DEVICES:
         for name, entry in SAMPLES.items():
             for dtype in entry.dtypes:
-                for rg in ((False, True) if entry.differentiable else (False,)):
+                for rg in (False, True) if entry.differentiable else (False,):
                     dtype_id = str(dtype).removeprefix("torch.") if dtype is not None else "fixed-dtypes"
-                    yield pytest.param(device, name, dtype, rg, id=f"{device}-{name}-{dtype_id}-{'grad' if rg else 'nograd'}",
-                                       marks=[pytest.mark.gpu] if device == "cuda" else [])
+                    yield pytest.param(
+                        device,
+                        name,
+                        dtype,
+                        rg,
+                        id=f"{device}-{name}-{dtype_id}-{'grad' if rg else 'nograd'}",
+                        marks=[pytest.mark.gpu] if device == "cuda" else [],
+                    )
 
 
 # ---- every op is covered -------------------------------------------------------------------------
@@ -179,8 +201,7 @@ def _fastgen_ops() -> set[str]:
             module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
             importlib.import_module(module.removesuffix(".__init__"))
             names.update(found)
-    names.update(n.split("::", 1)[1].split(".")[0] for n in torch._C._dispatch_get_all_op_names()
-                 if n.startswith("fastgen::"))
+    names.update(n.split("::", 1)[1].split(".")[0] for n in torch._C._dispatch_get_all_op_names() if n.startswith("fastgen::"))
     return names
 
 
@@ -195,6 +216,7 @@ def test_every_fastgen_op_has_opcheck_samples():
 
 
 # ---- opcheck -------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("device, name, dtype, requires_grad", list(_cases()))
 def test_opcheck(backend, device, name, dtype, requires_grad):
@@ -213,8 +235,10 @@ def test_opcheck(backend, device, name, dtype, requires_grad):
         try:
             torch.library.opcheck(op, args, test_utils=test_utils)
         except Exception as error:
-            raise AssertionError(f"opcheck failed for fastgen::{name} sample {sample_id} "
-                                 f"(backend {backend}, {device}, {dtype}, requires_grad={requires_grad})") from error
+            raise AssertionError(
+                f"opcheck failed for fastgen::{name} sample {sample_id} "
+                f"(backend {backend}, {device}, {dtype}, requires_grad={requires_grad})"
+            ) from error
 
 
 # ---- fused_adam_'s declared mutation -------------------------------------------------------------
@@ -255,9 +279,17 @@ def _equal(a, b):
 
 # The same update with `steps` left out of the declaration: opcheck must reject it.
 @torch.library.custom_op("fastgen_tests::fused_adam_undeclared_steps", mutates_args=("params", "exp_avgs", "exp_avg_sqs"))
-def _adam_undeclared_steps(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
-                           exp_avg_sqs: list[torch.Tensor], steps: list[torch.Tensor], lr: torch.Tensor, beta1: float,
-                           beta2: float, found_inf: torch.Tensor | None) -> None:
+def _adam_undeclared_steps(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    steps: list[torch.Tensor],
+    lr: torch.Tensor,
+    beta1: float,
+    beta2: float,
+    found_inf: torch.Tensor | None,
+) -> None:
     torch.ops.fastgen.fused_adam_(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, found_inf)
 
 
@@ -297,6 +329,7 @@ def test_fused_adam_on_several_parameters_matches_torch_adam():
 # their bodies on the reference math (the Triton kernels take fp16/bf16/fp32 only), so what gradcheck
 # differentiates is the op's registered backward, not plain PyTorch autograd. tests/test_ops.py checks
 # the plain-PyTorch path (kernels="auto" on the CPU).
+
 
 def _autograd_nodes(t: torch.Tensor) -> set[str]:
     seen, todo, names = set(), [t.grad_fn], set()

@@ -1,5 +1,6 @@
 """Each fused op against plain PyTorch, forward and every gradient, on the eager fallback and on the
 Triton kernels (interpreted on the CPU; on the GPU when there is one)."""
+
 import math
 import os
 
@@ -24,9 +25,18 @@ def _leaf(t: torch.Tensor) -> torch.Tensor:
 
 
 @settings(max_examples=EXAMPLES)
-@given(M=st.integers(1, 300), K=st.integers(1, 1100), N=st.integers(1, 1100), dtype=DTYPES,
-       p=st.sampled_from([0.0, 0.9, None]), slope=st.sampled_from([0.0, 0.01, 0.2, 1.5]),
-       bias=st.booleans(), transposed=st.booleans(), seed=st.integers(0, 2**40), data=st.data())
+@given(
+    M=st.integers(1, 300),
+    K=st.integers(1, 1100),
+    N=st.integers(1, 1100),
+    dtype=DTYPES,
+    p=st.sampled_from([0.0, 0.9, None]),
+    slope=st.sampled_from([0.0, 0.01, 0.2, 1.5]),
+    bias=st.booleans(),
+    transposed=st.booleans(),
+    seed=st.integers(0, 2**40),
+    data=st.data(),
+)
 def test_linear_leaky_relu_dropout_matches_reference(backend, M, K, N, dtype, p, slope, bias, transposed, seed, data):
     if p is None:
         p = data.draw(st.floats(0.01, 0.8))
@@ -77,9 +87,15 @@ def test_reparameterize_matches_reference(backend, B, L, dtype, given_eps, seed)
 
 
 @settings(max_examples=EXAMPLES)
-@given(B=st.integers(1, 300), D=st.integers(1, 1100), L=st.integers(1, 40), dtype=DTYPES,
-       logit_scale=st.sampled_from([1.0, 30.0, 1e4]), reduction=st.sampled_from(["none", "mean", "sum"]),
-       seed=st.integers(0, 2**40))
+@given(
+    B=st.integers(1, 300),
+    D=st.integers(1, 1100),
+    L=st.integers(1, 40),
+    dtype=DTYPES,
+    logit_scale=st.sampled_from([1.0, 30.0, 1e4]),
+    reduction=st.sampled_from(["none", "mean", "sum"]),
+    seed=st.integers(0, 2**40),
+)
 def test_bce_kl_loss_matches_reference(backend, B, D, L, dtype, logit_scale, reduction, seed):
     gen = torch.Generator().manual_seed(seed)
     logits = (torch.randn(B, D, generator=gen) * logit_scale).to(dtype).requires_grad_(True)
@@ -109,6 +125,7 @@ def test_bce_kl_loss_is_exact_for_a_hand_computed_case(backend):
 
 
 # ---- dropout masks -------------------------------------------------------------------------------
+
 
 def test_keep_fraction_is_within_binomial_bounds(backend):
     n, p = 200_000, 0.3
@@ -194,28 +211,50 @@ def test_gradcheck_in_float64_on_the_fallback():
 
 # ---- argument checks -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("call, error, needle", [
-    (lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 5)), ValueError, "x"),
-    (lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 3), torch.randn(5)), ValueError, "bias"),
-    (lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 3).half()), TypeError, "weight"),
-    (lambda: linear_leaky_relu_dropout(torch.ones(2, 3, dtype=torch.long), torch.randn(4, 3)), TypeError, "x"),
-    (lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 3), p=1.0), ValueError, "p"),
-    (lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 3), p=float("nan")), ValueError, "p"),
-    (lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 3), p=-0.1), ValueError, "p"),
-    (lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 3), negative_slope=-1), ValueError, "negative_slope"),
-    (lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 3), p=0.5, seed=float("nan")), TypeError, "seed"),
-    (lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 3), p=0.5, seed=torch.tensor([1.0])), TypeError, "seed"),
-    (lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 3), p=0.5, seed=torch.tensor([1, 2, 3])),
-     ValueError, "seed"),
-    (lambda: reparameterize(torch.randn(2, 3), torch.randn(2, 4)), ValueError, "logvar"),
-    (lambda: reparameterize(torch.randn(2, 3), torch.randn(2, 3).double()), TypeError, "logvar"),
-    (lambda: reparameterize(torch.randn(2, 3), torch.randn(2, 3), eps=torch.randn(3, 3)), ValueError, "eps"),
-    (lambda: bce_kl_loss(torch.randn(2, 5), torch.rand(2, 4), torch.randn(2, 3), torch.randn(2, 3)), ValueError, "target"),
-    (lambda: bce_kl_loss(torch.randn(2, 5), torch.rand(2, 5), torch.randn(3, 3), torch.randn(3, 3)), ValueError, "mu"),
-    (lambda: bce_kl_loss(torch.randn(2, 5), torch.rand(2, 5), torch.randn(2, 3), torch.randn(2, 3), reduction="avg"),
-     ValueError, "reduction"),
-    (lambda: bce_kl_loss(torch.randn(2, 5), torch.rand(2, 5).half(), torch.randn(2, 3), torch.randn(2, 3)), TypeError, "target"),
-])
+
+@pytest.mark.parametrize(
+    "call, error, needle",
+    [
+        (lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 5)), ValueError, "x"),
+        (lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 3), torch.randn(5)), ValueError, "bias"),
+        (lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 3).half()), TypeError, "weight"),
+        (lambda: linear_leaky_relu_dropout(torch.ones(2, 3, dtype=torch.long), torch.randn(4, 3)), TypeError, "x"),
+        (lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 3), p=1.0), ValueError, "p"),
+        (lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 3), p=float("nan")), ValueError, "p"),
+        (lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 3), p=-0.1), ValueError, "p"),
+        (
+            lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 3), negative_slope=-1),
+            ValueError,
+            "negative_slope",
+        ),
+        (lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 3), p=0.5, seed=float("nan")), TypeError, "seed"),
+        (
+            lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 3), p=0.5, seed=torch.tensor([1.0])),
+            TypeError,
+            "seed",
+        ),
+        (
+            lambda: linear_leaky_relu_dropout(torch.randn(2, 3), torch.randn(4, 3), p=0.5, seed=torch.tensor([1, 2, 3])),
+            ValueError,
+            "seed",
+        ),
+        (lambda: reparameterize(torch.randn(2, 3), torch.randn(2, 4)), ValueError, "logvar"),
+        (lambda: reparameterize(torch.randn(2, 3), torch.randn(2, 3).double()), TypeError, "logvar"),
+        (lambda: reparameterize(torch.randn(2, 3), torch.randn(2, 3), eps=torch.randn(3, 3)), ValueError, "eps"),
+        (lambda: bce_kl_loss(torch.randn(2, 5), torch.rand(2, 4), torch.randn(2, 3), torch.randn(2, 3)), ValueError, "target"),
+        (lambda: bce_kl_loss(torch.randn(2, 5), torch.rand(2, 5), torch.randn(3, 3), torch.randn(3, 3)), ValueError, "mu"),
+        (
+            lambda: bce_kl_loss(torch.randn(2, 5), torch.rand(2, 5), torch.randn(2, 3), torch.randn(2, 3), reduction="avg"),
+            ValueError,
+            "reduction",
+        ),
+        (
+            lambda: bce_kl_loss(torch.randn(2, 5), torch.rand(2, 5).half(), torch.randn(2, 3), torch.randn(2, 3)),
+            TypeError,
+            "target",
+        ),
+    ],
+)
 def test_bad_arguments_raise_naming_the_argument(backend, call, error, needle):
     with pytest.raises(error, match=needle):
         call()

@@ -1,4 +1,5 @@
 """Runs are never lost: atomic checkpoints, exact resume after SIGINT/SIGTERM, a divergence guard."""
+
 import os
 import signal
 
@@ -15,8 +16,9 @@ from tests.helpers import run_cli, write_split
 
 
 def _config(mnist, out, **overrides):
-    settings = dict(model="gan", max_steps=40, data_dir=str(mnist), download=False, out=str(out), device="cpu",
-                    quiet=True, compile=False)
+    settings = dict(
+        model="gan", max_steps=40, data_dir=str(mnist), download=False, out=str(out), device="cpu", quiet=True, compile=False
+    )
     return fastgen.TrainConfig(**{**settings, **overrides})
 
 
@@ -172,6 +174,7 @@ def _rss_mib() -> float:
 def test_memory_is_flat_across_many_short_epochs(tmp_path, monkeypatch):
     """60 epochs of 2 steps on a tiny split: resident memory after epoch 60 within 25 MiB of epoch 10."""
     from fastgen.training.run_files import RunWriter
+
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     write_split(tmp_path / "data", n=64)
     rss = []
@@ -182,8 +185,19 @@ def test_memory_is_flat_across_many_short_epochs(tmp_path, monkeypatch):
         original(self, row)
 
     monkeypatch.setattr(RunWriter, "append_metrics", record)
-    fastgen.train(fastgen.TrainConfig(model="gan", epochs=60, batch_size=32, data_dir=str(tmp_path / "data"),
-                                      download=False, out=str(tmp_path / "run"), device="cpu", quiet=True,
-                                      compile=False, sample_every=1000))
+    fastgen.train(
+        fastgen.TrainConfig(
+            model="gan",
+            epochs=60,
+            batch_size=32,
+            data_dir=str(tmp_path / "data"),
+            download=False,
+            out=str(tmp_path / "run"),
+            device="cpu",
+            quiet=True,
+            compile=False,
+            sample_every=1000,
+        )
+    )
     assert len(rss) == 60
     assert rss[-1] - rss[9] < 25, f"RSS grew from {rss[9]:.1f} to {rss[-1]:.1f} MiB"

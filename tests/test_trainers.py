@@ -1,5 +1,6 @@
 """What each trainer's step computes, beyond its losses: the GAN's generator update does not compute
 the discriminator's weight gradients, also through fastgen's custom ops."""
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -26,8 +27,9 @@ class MatmulShapes(TorchDispatchMode):
 def test_gan_step_computes_each_discriminator_weight_gradient_once(kernels):
     torch.manual_seed(0)
     trainer = GANTrainer(TrainConfig(model="gan", kernels=kernels).resolved(), torch.device("cpu"))
-    d_weight_shapes = [tuple(p.shape) for name, p in trainer.discriminator.named_parameters()
-                       if name.endswith("weight") and p.shape[0] > 1]
+    d_weight_shapes = [
+        tuple(p.shape) for name, p in trainer.discriminator.named_parameters() if name.endswith("weight") and p.shape[0] > 1
+    ]
     with MatmulShapes() as seen:
         trainer.step(torch.rand(8, 784) * 2 - 1)
     # Once for D's own update; never again for G's update through D.

@@ -1,4 +1,5 @@
 """Command-line plumbing shared by fastgen's entry points: one-line errors, exit code 2, the common flags."""
+
 from __future__ import annotations
 
 import argparse

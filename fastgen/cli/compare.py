@@ -1,5 +1,6 @@
 """`python -m fastgen.compare [--epochs 10 50 200] [--quick]`: train and score the GAN and the VAE at the
 paper's checkpoints and write OUT/report.md. Runs already in OUT are continued and reused."""
+
 from __future__ import annotations
 
 import sys
@@ -20,8 +21,7 @@ def build_parser() -> Parser:
     parser = Parser(prog="python -m fastgen.compare", description=__doc__)
     parser.add_argument("--out", default="compare", help="output folder (default: compare)")
     parser.add_argument("--epochs", type=positive_int, nargs="+", help="checkpoint epochs (default 10 50 200; quick 10 50)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: 1024 training images, 1000 scored samples, IWAE k=10")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 1024 training images, 1000 scored samples, IWAE k=10")
     parser.add_argument("--n", type=positive_int, help="generated samples scored per checkpoint (default 10000)")
     parser.add_argument("--iwae-k", type=positive_int, help="VAE importance samples per test image (default 100)")
     parser.add_argument("--train-images", type=positive_int, help="train on the first N training images only")

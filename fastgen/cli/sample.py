@@ -1,4 +1,5 @@
 """`python -m fastgen.sample RUN_DIR --n 64 --out grid.png`: a grid of samples from a trained run."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """`python -m fastgen.train`: train the paper's GAN or VAE and write a run folder."""
+
 from __future__ import annotations
 
 import argparse
@@ -30,27 +31,51 @@ def build_parser() -> Parser:
     parser.add_argument("--overwrite", action="store_true", help="reuse an --out that already holds a run")
     add_device_flag(parser)
     parser.add_argument("--amp", action="store_true", help="mixed precision where the device has fast bf16 (or CUDA fp16)")
-    parser.add_argument("--amp-dtype", choices=AMP_DTYPES, default="bf16",
-                        help="CUDA only: bf16, or fp16 with dynamic loss scaling kept on the device")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile the whole training step (default: on, on every device; --no-compile skips the "
-                             "tens of seconds it takes the first time)")
-    parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
-                        help="capture the step in a CUDA graph and replay it (default: on for CUDA)")
-    parser.add_argument("--kernels", choices=KERNELS, default="auto",
-                        help="fused ops (auto: Triton on CUDA, plain PyTorch on the CPU), native CPU kernels (native: "
-                             "built on first use) or plain PyTorch everywhere (eager)")
+    parser.add_argument(
+        "--amp-dtype",
+        choices=AMP_DTYPES,
+        default="bf16",
+        help="CUDA only: bf16, or fp16 with dynamic loss scaling kept on the device",
+    )
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the whole training step (default: on, on every device; --no-compile skips the "
+        "tens of seconds it takes the first time)",
+    )
+    parser.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="capture the step in a CUDA graph and replay it (default: on for CUDA)",
+    )
+    parser.add_argument(
+        "--kernels",
+        choices=KERNELS,
+        default="auto",
+        help="fused ops (auto: Triton on CUDA, plain PyTorch on the CPU), native CPU kernels (native: "
+        "built on first use) or plain PyTorch everywhere (eager)",
+    )
     parser.add_argument("--max-steps", type=positive_int, help="stop after N optimizer steps")
-    parser.add_argument("--train-images", type=positive_int,
-                        help="train on the first N images of the training split only (quick experiments)")
+    parser.add_argument(
+        "--train-images", type=positive_int, help="train on the first N images of the training split only (quick experiments)"
+    )
     parser.add_argument("--sample-every", type=positive_int, default=10, help="epochs between sample grids")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
     parser.add_argument("--checkpoint-every", type=positive_int, help="also checkpoint every N steps within an epoch")
-    parser.add_argument("--save-interval", type=non_negative_float, metavar="SECONDS",
-                        help="write the weights and checkpoint at the end of an epoch once SECONDS have passed since the "
-                             "last write (default 30; 0: every epoch); the last epoch and a stop always write")
-    parser.add_argument("--resume", metavar="RUN_DIR",
-                        help="continue a run from its checkpoint (its own settings; --epochs/--max-steps may extend it)")
+    parser.add_argument(
+        "--save-interval",
+        type=non_negative_float,
+        metavar="SECONDS",
+        help="write the weights and checkpoint at the end of an epoch once SECONDS have passed since the "
+        "last write (default 30; 0: every epoch); the last epoch and a stop always write",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a run from its checkpoint (its own settings; --epochs/--max-steps may extend it)",
+    )
     add_data_flags(parser)
     return parser
 

@@ -1,5 +1,6 @@
 """report.md and its figures from a GAN-vs-VAE comparison's results: a pure function of the results dict and
 the sample images `runs` drew; it trains, loads and samples nothing itself."""
+
 from __future__ import annotations
 
 import statistics
@@ -14,8 +15,13 @@ from fastgen.files import atomic_write_text
 from fastgen.plotting import pyplot
 from fastgen.version import __version__
 
-LABELS = {"frechet_distance": "Fréchet distance", "inception_style_score": "IS-style score",
-          "class_kl_to_uniform": "class KL to uniform", "precision": "precision", "recall": "recall"}
+LABELS = {
+    "frechet_distance": "Fréchet distance",
+    "inception_style_score": "IS-style score",
+    "class_kl_to_uniform": "class KL to uniform",
+    "precision": "precision",
+    "recall": "recall",
+}
 
 
 def _grid_figure(out: Path, samples: dict[str, torch.Tensor], epoch: int) -> str:
@@ -98,10 +104,8 @@ def _conclusion(results: dict, epochs) -> list[str]:
     lines = []
     for model in MODELS:
         names = [LABELS[n] for n in SCORE_NAMES if won[n] == model]
-        lines.append(f"- At epoch {last} the **{model.upper()}** is better on "
-                     f"{', '.join(names) if names else 'no metric'}.")
-    changed = [f"{LABELS[n]} ({e}: {won_at[e][n].upper()})" for e in epochs[:-1] for n in SCORE_NAMES
-               if won_at[e][n] != won[n]]
+        lines.append(f"- At epoch {last} the **{model.upper()}** is better on {', '.join(names) if names else 'no metric'}.")
+    changed = [f"{LABELS[n]} ({e}: {won_at[e][n].upper()})" for e in epochs[:-1] for n in SCORE_NAMES if won_at[e][n] != won[n]]
     if changed:
         lines.append(f"- Earlier checkpoints differ on: {'; '.join(changed)}.")
     else:
@@ -109,31 +113,43 @@ def _conclusion(results: dict, epochs) -> list[str]:
     for model in MODELS:
         scores = results["models"][model]["scores"]
         first, final = scores[epochs[0]]["frechet_distance"], scores[last]["frechet_distance"]
-        lines.append(f"- {model.upper()} Fréchet distance from epoch {epochs[0]} to {last}: "
-                     f"{_fmt(first)} -> {_fmt(final)} (training split vs test split: "
-                     f"{_fmt(results['reference']['train_split']['frechet_distance'])}).")
+        lines.append(
+            f"- {model.upper()} Fréchet distance from epoch {epochs[0]} to {last}: "
+            f"{_fmt(first)} -> {_fmt(final)} (training split vs test split: "
+            f"{_fmt(results['reference']['train_split']['frechet_distance'])})."
+        )
     real, noise = results["reference"]["train_split"], results["reference"]["uniform_noise"]
     gan_first = results["models"]["gan"]["scores"][epochs[0]]["frechet_distance"]
-    lines.append(f"- The training split is {gan_first / max(real['frechet_distance'], 1e-12):,.0f}x closer to the test "
-                 f"split (Fréchet distance) than the GAN at epoch {epochs[0]}.")
+    lines.append(
+        f"- The training split is {gan_first / max(real['frechet_distance'], 1e-12):,.0f}x closer to the test "
+        f"split (Fréchet distance) than the GAN at epoch {epochs[0]}."
+    )
     all_scores = [s for m in MODELS for s in results["models"][m]["scores"].values()]
     beaten = all(noise["frechet_distance"] > s["frechet_distance"] for s in all_scores)
-    lines.append(f"- Uniform noise (Fréchet distance {_fmt(noise['frechet_distance'])}) is "
-                 f"{'farther than every' if beaten else 'NOT farther than every'} checkpoint of both models.")
+    lines.append(
+        f"- Uniform noise (Fréchet distance {_fmt(noise['frechet_distance'])}) is "
+        f"{'farther than every' if beaten else 'NOT farther than every'} checkpoint of both models."
+    )
     vae = results["models"]["vae"]["scores"][last]
-    lines.append(f"- VAE at epoch {last}: test loss {vae['test_loss']:.2f} nats per image, "
-                 f"IWAE NLL (k={vae['iwae_k']}) {vae['iwae_nll']:.2f}.")
+    lines.append(
+        f"- VAE at epoch {last}: test loss {vae['test_loss']:.2f} nats per image, "
+        f"IWAE NLL (k={vae['iwae_k']}) {vae['iwae_nll']:.2f}."
+    )
     return lines
 
 
 def _timing_rows(results: dict) -> list[str]:
-    rows = ["| model | epochs | median s/epoch | first epoch s | training s (sum of epochs) | median images/s |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        "| model | epochs | median s/epoch | first epoch s | training s (sum of epochs) | median images/s |",
+        "|---|---|---|---|---|---|",
+    ]
     for model in MODELS:
         metrics = results["models"][model]["metrics"]
         times = [r["epoch_s"] for r in metrics]
-        rows.append(f"| {model.upper()} | {len(metrics)} | {statistics.median(times):.2f} | {times[0]:.2f} | "
-                    f"{sum(times):,.0f} | {statistics.median(r['samples_per_s'] for r in metrics):,.0f} |")
+        rows.append(
+            f"| {model.upper()} | {len(metrics)} | {statistics.median(times):.2f} | {times[0]:.2f} | "
+            f"{sum(times):,.0f} | {statistics.median(r['samples_per_s'] for r in metrics):,.0f} |"
+        )
     return rows
 
 
@@ -144,8 +160,13 @@ def _score_table(results: dict, epochs) -> list[str]:
         for model in MODELS:
             s = results["models"][model]["scores"][epoch]
             extra = [f"{s[k]:.2f}" if k in s else "" for k in ("test_loss", "iwae_nll")]
-            rows.append(f"| {model.upper()} epoch {epoch} | " + " | ".join(_fmt(s[n]) for n in SCORE_NAMES) +
-                        " | " + " | ".join(extra) + " |")
+            rows.append(
+                f"| {model.upper()} epoch {epoch} | "
+                + " | ".join(_fmt(s[n]) for n in SCORE_NAMES)
+                + " | "
+                + " | ".join(extra)
+                + " |"
+            )
     for name, scores in results["reference"].items():
         rows.append(f"| *{name.replace('_', ' ')}* | " + " | ".join(_fmt(scores[n]) for n in SCORE_NAMES) + " | | |")
     return rows
@@ -168,8 +189,11 @@ def write_report(out: Path, results: dict, samples: dict[int, dict[str, torch.Te
         f"training images: {config['train_images'] or 'all'}; seed {config['seed']}.",
     ]
     if config["quick"]:
-        lines += ["", "**This is a `--quick` smoke run** (a slice of the training split, few samples): it checks the "
-                      "pipeline end to end; do not quote its numbers."]
+        lines += [
+            "",
+            "**This is a `--quick` smoke run** (a slice of the training split, few samples): it checks the "
+            "pipeline end to end; do not quote its numbers.",
+        ]
     lines += [
         "",
         "## Scores",

@@ -7,6 +7,7 @@ Layout of the output folder:
     runs/<model>/snapshots/epoch_NNNN.safetensors (+ .eval.json)
     reference.json, report.md, figures/
 """
+
 from __future__ import annotations
 
 import json
@@ -78,8 +79,9 @@ def _check_reusable(run_dir: Path, model: str, config: CompareConfig) -> None:
     wanted = {"dataset": config.dataset, "seed": config.seed, "train_images": config.train_images}
     different = [f"{key} {saved.get(key)!r} (wanted {wanted[key]!r})" for key in REUSE_KEYS if saved.get(key) != wanted[key]]
     if saved.get("model") != model or different:
-        raise FastgenError(f"{run_dir} holds a run with other settings ({', '.join(different) or saved.get('model')}); "
-                           "choose another --out")
+        raise FastgenError(
+            f"{run_dir} holds a run with other settings ({', '.join(different) or saved.get('model')}); choose another --out"
+        )
 
 
 def _train_to(model: str, epoch: int, run_dir: Path, config: CompareConfig) -> Path:
@@ -92,20 +94,32 @@ def _train_to(model: str, epoch: int, run_dir: Path, config: CompareConfig) -> P
         position = run_state.load(run_dir).position
         done = position.epoch - 1
         if done > epoch or (done == epoch and position.step_in_epoch):
-            raise FastgenError(f"{run_dir} is already past epoch {epoch} and kept no snapshot of it; "
-                               "choose another --out")
+            raise FastgenError(f"{run_dir} is already past epoch {epoch} and kept no snapshot of it; choose another --out")
     _say(config, f"training the {model} to epoch {epoch}" + (" (continuing its run)" if started else ""))
     common = dict(epochs=epoch, device=config.device, quiet=config.quiet)
     try:
         if started:
             train(TrainConfig(resume=str(run_dir), **common))
         else:
-            train(TrainConfig(model=model, out=str(run_dir), overwrite=True, seed=config.seed, dataset=config.dataset,
-                              data_dir=config.data_dir, download=config.download, train_images=config.train_images,
-                              **common))
+            train(
+                TrainConfig(
+                    model=model,
+                    out=str(run_dir),
+                    overwrite=True,
+                    seed=config.seed,
+                    dataset=config.dataset,
+                    data_dir=config.data_dir,
+                    download=config.download,
+                    train_images=config.train_images,
+                    **common,
+                )
+            )
     except Interrupted as exc:
-        raise Interrupted(f"the {model} run was interrupted and checkpointed; run the same fastgen.compare command "
-                          "again to continue the comparison", exc.exit_code - 128) from None
+        raise Interrupted(
+            f"the {model} run was interrupted and checkpointed; run the same fastgen.compare command "
+            "again to continue the comparison",
+            exc.exit_code - 128,
+        ) from None
     snapshot.parent.mkdir(exist_ok=True)
     atomic_write(snapshot, lambda tmp: shutil.copyfile(run_dir / WEIGHTS_FILE, tmp))
     return snapshot
@@ -118,14 +132,25 @@ def _scores(snapshot: Path, config: CompareConfig, evaluator) -> dict:
     if path.exists():
         try:
             saved = json.loads(path.read_text())
-            if (all(saved.get(k) == v for k, v in wanted.items() if k != "iwae_k" or saved["model"] == "vae")
-                    and saved["evaluator"]["sha256"] == evaluator.sha256):
+            if (
+                all(saved.get(k) == v for k, v in wanted.items() if k != "iwae_k" or saved["model"] == "vae")
+                and saved["evaluator"]["sha256"] == evaluator.sha256
+            ):
                 return saved
         except (OSError, ValueError, KeyError):
             pass  # unreadable: score again
-    result = evaluate(snapshot, config.n, iwae_k=config.iwae_k, seed=config.seed, device=config.device,
-                      dataset=config.dataset, data_dir=config.data_dir, download=config.download,
-                      evaluator=evaluator, reference=False)
+    result = evaluate(
+        snapshot,
+        config.n,
+        iwae_k=config.iwae_k,
+        seed=config.seed,
+        device=config.device,
+        dataset=config.dataset,
+        data_dir=config.data_dir,
+        download=config.download,
+        evaluator=evaluator,
+        reference=False,
+    )
     atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
 
@@ -147,11 +172,13 @@ def compare(config: CompareConfig) -> Path:
     out = Path(config.out)
     device = resolve_device(config.device)
     if device.type == "cpu" and not config.quick:
-        _say(config, "training on the CPU: the full comparison takes hours here (minutes on a GPU); "
-                     "progress is shown per epoch, and an interrupted comparison continues where it stopped")
+        _say(
+            config,
+            "training on the CPU: the full comparison takes hours here (minutes on a GPU); "
+            "progress is shown per epoch, and an interrupted comparison continues where it stopped",
+        )
     start = time.perf_counter()
-    evaluator = load_evaluator(config.dataset, data_dir=config.data_dir, download=config.download,
-                               progress=not config.quiet)
+    evaluator = load_evaluator(config.dataset, data_dir=config.data_dir, download=config.download, progress=not config.quiet)
     results: dict[str, dict] = {"config": asdict(config), "device": device_name(device), "models": {}}
     for model in MODELS:
         run_dir = out / "runs" / model
@@ -174,6 +201,10 @@ def compare(config: CompareConfig) -> Path:
 
 def _grid_samples(results: dict) -> dict[int, dict]:
     """64 images per model per checkpoint epoch, from the same latent draws (GRID_SEED) every time."""
-    return {epoch: {model: load(snapshot_path(Path(results["models"][model]["run"]), epoch)).sample(64, seed=GRID_SEED)
-                    for model in MODELS}
-            for epoch in results["config"]["epochs"]}
+    return {
+        epoch: {
+            model: load(snapshot_path(Path(results["models"][model]["run"]), epoch)).sample(64, seed=GRID_SEED)
+            for model in MODELS
+        }
+        for epoch in results["config"]["epochs"]
+    }

@@ -5,6 +5,7 @@ every user's evaluator for a dataset is the same network and scores are comparab
 and devices. It is cached in the user's cache folder with a SHA-256 checksum and its test accuracy,
 and retrained when the file is missing, corrupt, or was trained by another recipe.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -79,7 +80,7 @@ class Evaluator:
         device = self.network.out.weight.device
         feats, probs = [], []
         for start in range(0, images.shape[0], batch_size):
-            x = images[start:start + batch_size].to(device)
+            x = images[start : start + batch_size].to(device)
             f = self.network.features(x)
             feats.append(f.double().cpu())
             probs.append(torch.softmax(self.network.out(f).double(), dim=1).cpu())
@@ -98,26 +99,29 @@ def _sha256(path: Path) -> str:
 @torch.no_grad()
 def _accuracy(network: Classifier, images: torch.Tensor, labels: torch.Tensor) -> float:
     network.eval()
-    correct = sum(int((network(to_unit(images[i:i + 1000])).argmax(1) == labels[i:i + 1000]).sum())
-                  for i in range(0, len(images), 1000))
+    correct = sum(
+        int((network(to_unit(images[i : i + 1000])).argmax(1) == labels[i : i + 1000]).sum()) for i in range(0, len(images), 1000)
+    )
     return correct / len(images)
 
 
-def train_classifier(dataset: str, recipe: Recipe, data_dir=None, download: bool = True,
-                     progress: bool = True) -> tuple[Classifier, float]:
+def train_classifier(
+    dataset: str, recipe: Recipe, data_dir=None, download: bool = True, progress: bool = True
+) -> tuple[Classifier, float]:
     """Train the evaluator on the CPU, deterministically; return it with its test accuracy."""
     images, labels = load_split(dataset, "train", data_dir, download)
     test_images, test_labels = load_split(dataset, "test", data_dir, download)
     if recipe.train_images is not None:
-        images, labels = images[:recipe.train_images], labels[:recipe.train_images]
+        images, labels = images[: recipe.train_images], labels[: recipe.train_images]
     gen = torch.Generator().manual_seed(recipe.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         network = Classifier()
     optimizer = torch.optim.Adam(network.parameters(), lr=recipe.lr)
     steps_per_epoch = len(images) // recipe.batch_size
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, epochs=recipe.epochs,
-                                                   steps_per_epoch=max(1, steps_per_epoch))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=recipe.lr, epochs=recipe.epochs, steps_per_epoch=max(1, steps_per_epoch)
+    )
     start = time.perf_counter()
     network.train()
     for epoch in range(recipe.epochs):
@@ -129,8 +133,7 @@ def train_classifier(dataset: str, recipe: Recipe, data_dir=None, download: bool
             optimizer.step()
             schedule.step()
         if progress:
-            print(f"fastgen: evaluator epoch {epoch + 1}/{recipe.epochs} ({time.perf_counter() - start:.0f} s)",
-                  file=sys.stderr)
+            print(f"fastgen: evaluator epoch {epoch + 1}/{recipe.epochs} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
     return network.eval(), _accuracy(network, test_images, test_labels)
 
 
@@ -152,8 +155,14 @@ def _read_cached(path: Path, dataset: str) -> Evaluator | None:
     return Evaluator(network.eval(), dataset, float(info["accuracy"]), info["sha256"], path)
 
 
-def load_evaluator(dataset: str = "mnist", recipe: Recipe = Recipe(), data_dir=None, download: bool = True,
-                   folder: Path | None = None, progress: bool = True) -> Evaluator:
+def load_evaluator(
+    dataset: str = "mnist",
+    recipe: Recipe = Recipe(),
+    data_dir=None,
+    download: bool = True,
+    folder: Path | None = None,
+    progress: bool = True,
+) -> Evaluator:
     """The cached evaluator for `dataset`, training (and caching) it first when missing or corrupt."""
     path = evaluator_path(dataset, recipe, folder)
     cached = _read_cached(path, dataset) if path.exists() else None
@@ -161,8 +170,7 @@ def load_evaluator(dataset: str = "mnist", recipe: Recipe = Recipe(), data_dir=N
         return cached
     if progress:
         why = "corrupt or from another recipe" if path.exists() else "not cached yet"
-        print(f"fastgen: training the {dataset} evaluator on the CPU ({why}; about a minute on 2 cores, once)",
-              file=sys.stderr)
+        print(f"fastgen: training the {dataset} evaluator on the CPU ({why}; about a minute on 2 cores, once)", file=sys.stderr)
     with torch.random.fork_rng(devices=[]):
         network, accuracy = train_classifier(dataset, recipe, data_dir, download, progress)
     try:
@@ -172,8 +180,10 @@ def load_evaluator(dataset: str = "mnist", recipe: Recipe = Recipe(), data_dir=N
         # a pure function of the weights (the JSON record beside it holds dataset, accuracy, recipe).
         atomic_write(path, lambda tmp: save_file(state, tmp))
         digest = _sha256(path)
-        atomic_write_text(path.with_suffix(".json"), json.dumps(
-            {"dataset": dataset, "accuracy": accuracy, "sha256": digest, "recipe": asdict(recipe)}, indent=2) + "\n")
+        atomic_write_text(
+            path.with_suffix(".json"),
+            json.dumps({"dataset": dataset, "accuracy": accuracy, "sha256": digest, "recipe": asdict(recipe)}, indent=2) + "\n",
+        )
     except OSError as exc:
         raise FastgenError(f"cannot write the evaluator cache {path}: {exc.strerror or exc}") from None
     return Evaluator(network, dataset, accuracy, digest, path)

@@ -4,6 +4,7 @@ Both are in nats per image under the same per-pixel Bernoulli cross-entropy with
 targets in [0, 1] that training uses, so they compare with fastgen's losses, not with numbers
 reported for binarised MNIST.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,7 @@ def _unit(images_uint8: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def loss_per_image(vae, images_uint8: torch.Tensor, seed: int, batch_size: int = 1000,
-              autocast=contextlib.nullcontext) -> float:
+def loss_per_image(vae, images_uint8: torch.Tensor, seed: int, batch_size: int = 1000, autocast=contextlib.nullcontext) -> float:
     """Mean per-image BCE + KL over the images, with eps drawn from a fixed key so calls compare like for like."""
     was_training = vae.training
     vae.eval()
@@ -33,7 +33,7 @@ def loss_per_image(vae, images_uint8: torch.Tensor, seed: int, batch_size: int =
     total = torch.zeros((), device=device)
     key = torch.tensor([seed, 0], dtype=torch.int64, device=device)
     for start in range(0, len(images_uint8), batch_size):
-        x = _unit(images_uint8[start:start + batch_size])
+        x = _unit(images_uint8[start : start + batch_size])
         with autocast():
             total += vae.loss(x, seed=key + torch.tensor([0, start], device=device), reduction="sum")[0]
     vae.train(was_training)
@@ -56,7 +56,7 @@ def iwae_nll(vae, images_uint8: torch.Tensor, k: int = 100, seed: int = 0, rows_
     per_chunk = max(1, rows_per_chunk // k)
     total = 0.0
     for start in range(0, len(images_uint8), per_chunk):
-        x = _unit(images_uint8[start:start + per_chunk])
+        x = _unit(images_uint8[start : start + per_chunk])
         mu, logvar = (t.float() for t in vae.encode(x))
         eps = torch.randn((k, *mu.shape), generator=gen, device=device)
         z = mu + torch.exp(0.5 * logvar) * eps

@@ -2,6 +2,7 @@
 
 All work in float64. Features are the evaluator's penultimate activations; probabilities its softmax.
 """
+
 from __future__ import annotations
 
 import math
@@ -68,7 +69,7 @@ def _kth_neighbour_radii(features: torch.Tensor, k: int, chunk: int) -> torch.Te
     """Distance from each point to its k-th nearest other point in the same set."""
     radii = []
     for start in range(0, features.shape[0], chunk):
-        d = torch.cdist(features[start:start + chunk], features)
+        d = torch.cdist(features[start : start + chunk], features)
         # k + 1 smallest: the point itself (distance 0) comes first.
         radii.append(d.topk(k + 1, dim=1, largest=False).values[:, k])
     return torch.cat(radii)
@@ -78,7 +79,7 @@ def _fraction_inside(points: torch.Tensor, centres: torch.Tensor, radii: torch.T
     """The fraction of `points` inside at least one ball (centre, radius)."""
     inside = 0
     for start in range(0, points.shape[0], chunk):
-        d = torch.cdist(points[start:start + chunk], centres)
+        d = torch.cdist(points[start : start + chunk], centres)
         inside += int((d <= radii.unsqueeze(0)).any(dim=1).sum())
     return inside / points.shape[0]
 

@@ -2,6 +2,7 @@
 VAE, its test loss and importance-weighted likelihood), with reference rows that set the scale:
 the training split scored as if it were a generator (about the best possible) and uniform noise.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,13 @@ from fastgen.models.weights import load, read_weights
 DEFAULT_N = 10_000
 PR_NEIGHBOURS = 3  # k of the k-NN radii, as in Kynkäänniemi et al. (2019)
 SCORE_NAMES = ("frechet_distance", "inception_style_score", "class_kl_to_uniform", "precision", "recall")
-HIGHER_IS_BETTER = {"frechet_distance": False, "inception_style_score": True, "class_kl_to_uniform": False,
-                    "precision": True, "recall": True}
+HIGHER_IS_BETTER = {
+    "frechet_distance": False,
+    "inception_style_score": True,
+    "class_kl_to_uniform": False,
+    "precision": True,
+    "recall": True,
+}
 
 _test_features: dict[tuple, tuple] = {}  # (evaluator checksum, dataset, data_dir) -> test split and its features
 
@@ -51,8 +57,7 @@ def score_images(images: torch.Tensor, evaluator: Evaluator, data_dir=None, down
     }
 
 
-def reference_scores(evaluator: Evaluator, n: int = DEFAULT_N, seed: int = 0, data_dir=None,
-                     download: bool = True) -> dict:
+def reference_scores(evaluator: Evaluator, n: int = DEFAULT_N, seed: int = 0, data_dir=None, download: bool = True) -> dict:
     """The scale to read scores on: n training images (near the best possible) and n uniform-noise images."""
     train_images, _ = load_split(evaluator.dataset, "train", data_dir, download)
     pick = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))[:n]
@@ -76,9 +81,19 @@ def _model_and_data(model_or_path, device: torch.device, dataset: str | None, da
     return load(model_or_path, device=device), dataset or config.get("dataset", "mnist"), data_dir
 
 
-def evaluate(model_or_path, n: int = DEFAULT_N, *, iwae_k: int = 100, seed: int = 0, device: str = "auto",
-             dataset: str | None = None, data_dir=None, download: bool = True, evaluator: Evaluator | None = None,
-             reference: bool = True) -> dict:
+def evaluate(
+    model_or_path,
+    n: int = DEFAULT_N,
+    *,
+    iwae_k: int = 100,
+    seed: int = 0,
+    device: str = "auto",
+    dataset: str | None = None,
+    data_dir=None,
+    download: bool = True,
+    evaluator: Evaluator | None = None,
+    reference: bool = True,
+) -> dict:
     """Scores of a trained generator: a run folder, a fastgen .safetensors file, or a Generator/VAE module.
 
     n samples (seeded) are scored against the test split; a VAE also gets its test loss and an
@@ -98,7 +113,10 @@ def evaluate(model_or_path, n: int = DEFAULT_N, *, iwae_k: int = 100, seed: int 
     evaluator.to(device)
     is_vae = isinstance(model, VAE)
     result = {
-        "model": "vae" if is_vae else "gan", "dataset": dataset, "n": n, "seed": seed,
+        "model": "vae" if is_vae else "gan",
+        "dataset": dataset,
+        "n": n,
+        "seed": seed,
         "evaluator": {"test_accuracy": evaluator.accuracy, "sha256": evaluator.sha256},
         **score_images(model.sample(n, seed=seed), evaluator, data_dir, download),
     }
@@ -120,8 +138,7 @@ def eval_path(model_path) -> Path:
 
 def format_table(result: dict) -> str:
     """The scores as an aligned text table; reference columns when present."""
-    columns = [("model", result)] + [(name.replace("_", " "), scores)
-                                     for name, scores in result.get("reference", {}).items()]
+    columns = [("model", result)] + [(name.replace("_", " "), scores) for name, scores in result.get("reference", {}).items()]
     rows = [("metric", *[name for name, _ in columns])]
     for name in SCORE_NAMES:
         better = "higher" if HIGHER_IS_BETTER[name] else "lower"

@@ -1,4 +1,5 @@
 """Layers built on the fused ops."""
+
 from __future__ import annotations
 
 import torch
@@ -31,8 +32,17 @@ class LinearLeakyReLUDropout(nn.Linear):
     thing (same mask) with plain PyTorch ops.
     """
 
-    def __init__(self, in_features: int, out_features: int, negative_slope: float = 0.2, p: float = 0.0,
-                 bias: bool = True, kernels: str = "auto", device=None, dtype=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        negative_slope: float = 0.2,
+        p: float = 0.0,
+        bias: bool = True,
+        kernels: str = "auto",
+        device=None,
+        dtype=None,
+    ):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         if kernels not in KERNELS:
             raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
@@ -44,8 +54,9 @@ class LinearLeakyReLUDropout(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.p if self.training else 0.0
         key = next_key(self.philox_key) if p > 0.0 else None
-        return linear_leaky_relu_dropout(x, self.weight, self.bias, negative_slope=self.negative_slope, p=p, seed=key,
-                                         kernels=self.kernels)
+        return linear_leaky_relu_dropout(
+            x, self.weight, self.bias, negative_slope=self.negative_slope, p=p, seed=key, kernels=self.kernels
+        )
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, negative_slope={self.negative_slope}, p={self.p}, kernels={self.kernels}"

@@ -1,4 +1,5 @@
 """The paper's MLP GAN and VAE, built from fastgen's fused layers."""
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,9 @@ IMAGE_PIXELS = 784
 
 
 def _mlp(sizes, negative_slope: float, p: float, kernels: str) -> nn.Sequential:
-    return nn.Sequential(*[LinearLeakyReLUDropout(a, b, negative_slope, p, kernels=kernels)
-                           for a, b in zip(sizes[:-1], sizes[1:])])
+    return nn.Sequential(
+        *[LinearLeakyReLUDropout(a, b, negative_slope, p, kernels=kernels) for a, b in zip(sizes[:-1], sizes[1:])]
+    )
 
 
 def _seeded_normal(shape, seed, device) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """A trained model's weights as one safetensors file (written atomically, checksummed); `load` rebuilds
 the network from it. Loading never unpickles anything."""
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,7 @@ def load(path, device="cpu", kernels: str = "auto") -> torch.nn.Module:
 
     tensors, metadata = read_weights(path)
     model, prefix = (Generator(kernels), "generator.") if metadata["model"] == "gan" else (VAE(kernels), "vae.")
-    state = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
+    state = {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

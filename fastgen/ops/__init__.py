@@ -2,6 +2,7 @@
 
 Each is a `torch.library` op with its own autograd formula, traceable by torch.compile.
 """
+
 from fastgen.ops.bce_kl_loss import bce_kl_loss
 from fastgen.ops.dispatch import HAS_TRITON, TRITON_INTERPRET, cpu_backend, set_cpu_backend, triton_runs_on
 from fastgen.ops.linear_leaky_relu_dropout import linear_leaky_relu_dropout

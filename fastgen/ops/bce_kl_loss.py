@@ -1,4 +1,5 @@
 """`bce_kl_loss`: the VAE loss per image, BCE-with-logits summed over pixels + KL to N(0, I)."""
+
 from __future__ import annotations
 
 import torch
@@ -34,8 +35,9 @@ def _forward(logits: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logva
 
 
 @define_op("fastgen::bce_kl_loss_backward")
-def _backward_op(grad_loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, mu: torch.Tensor,
-                 logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward_op(
+    grad_loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if native_runs_on(logits.device, logits.dtype):
         return torch.ops.fastgen_native.bce_kl_loss_backward(grad_loss, logits, target, mu, logvar)
     if not triton_runs_on(logits.device):
@@ -45,8 +47,9 @@ def _backward_op(grad_loss: torch.Tensor, logits: torch.Tensor, target: torch.Te
     B, D = logits.shape
     grad_logits, grad_mu, grad_logvar = torch.empty_like(logits), torch.empty_like(mu), torch.empty_like(logvar)
     if B:
-        wrap_triton(kernel)[(B,)](grad_loss, logits, target, mu, logvar, grad_logits, grad_mu, grad_logvar,
-                               D, mu.shape[1], **_blocks(D, mu.shape[1]))
+        wrap_triton(kernel)[(B,)](
+            grad_loss, logits, target, mu, logvar, grad_logits, grad_mu, grad_logvar, D, mu.shape[1], **_blocks(D, mu.shape[1])
+        )
     return grad_logits, grad_mu, grad_logvar
 
 
@@ -101,8 +104,9 @@ def bce_kl_loss(logits, target, mu, logvar, *, reduction: str = "mean", kernels:
     if not use_fused_ops(kernels, logits.device):
         return bce_kl_loss_reference(logits, target, mu, logvar, reduction=reduction)
     B = logits.shape[0]
-    per_image = _forward(logits.reshape(B, -1).contiguous(), target.reshape(B, -1).contiguous(),
-                         mu.contiguous(), logvar.contiguous())
+    per_image = _forward(
+        logits.reshape(B, -1).contiguous(), target.reshape(B, -1).contiguous(), mu.contiguous(), logvar.contiguous()
+    )
     if reduction == "mean":
         return per_image.mean()
     if reduction == "sum":

@@ -2,6 +2,7 @@
 
 `use_fused_ops(kernels, device)` is the choice a caller's `kernels=` setting makes; `triton_runs_on(device)`
 and `native_runs_on(device, dtype)` say which implementation a `fastgen::` op's body runs for its inputs."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """`linear_leaky_relu_dropout`: y = dropout(leaky_relu(x @ weight.T + bias)), one op on every device."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -18,8 +19,9 @@ def _input_precision(dtype: torch.dtype) -> str:
 
 
 @define_op("fastgen::linear_leaky_relu_dropout")
-def _forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], key: torch.Tensor,
-             negative_slope: float, p: float) -> torch.Tensor:
+def _forward(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], key: torch.Tensor, negative_slope: float, p: float
+) -> torch.Tensor:
     if native_runs_on(x.device, x.dtype):
         pre = torch.mm(x, weight.t())
         torch.ops.fastgen_native.leaky_relu_dropout_(pre, bias, key, negative_slope, p)  # bias, activation, mask
@@ -39,16 +41,31 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
         return (((M + meta["BLOCK_M"] - 1) // meta["BLOCK_M"]) * ((N + meta["BLOCK_N"] - 1) // meta["BLOCK_N"]),)
 
     wrap_triton(kernel)[grid](
-        x, weight, bias if bias is not None else y, y, key, M, N, K,
-        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), negative_slope, p,
-        HAS_BIAS=bias is not None, HAS_DROPOUT=p > 0.0, INPUT_PRECISION=_input_precision(x.dtype),
+        x,
+        weight,
+        bias if bias is not None else y,
+        y,
+        key,
+        M,
+        N,
+        K,
+        x.stride(0),
+        x.stride(1),
+        weight.stride(0),
+        weight.stride(1),
+        negative_slope,
+        p,
+        HAS_BIAS=bias is not None,
+        HAS_DROPOUT=p > 0.0,
+        INPUT_PRECISION=_input_precision(x.dtype),
     )
     return y
 
 
 @define_op("fastgen::linear_leaky_relu_dropout_grad_pre")
-def _grad_pre_activation(grad_y: torch.Tensor, y: torch.Tensor, key: torch.Tensor,
-                         negative_slope: float, p: float) -> torch.Tensor:
+def _grad_pre_activation(
+    grad_y: torch.Tensor, y: torch.Tensor, key: torch.Tensor, negative_slope: float, p: float
+) -> torch.Tensor:
     """dL/d(pre-activation) from dL/dy, the saved output and the regenerated mask."""
     if native_runs_on(y.device, y.dtype):
         return torch.ops.fastgen_native.leaky_relu_dropout_grad_pre(grad_y, y, key, negative_slope, p)
@@ -101,8 +118,9 @@ def _backward(ctx, grad_y):
 _forward.register_autograd(_backward, setup_context=_setup_context)
 
 
-def linear_leaky_relu_dropout(x, weight, bias=None, *, negative_slope: float = 0.2, p: float = 0.0,
-                              seed=None, training: bool = True, kernels: str = "auto") -> torch.Tensor:
+def linear_leaky_relu_dropout(
+    x, weight, bias=None, *, negative_slope: float = 0.2, p: float = 0.0, seed=None, training: bool = True, kernels: str = "auto"
+) -> torch.Tensor:
     """y = dropout(leaky_relu(x @ weight.T + bias), p), fused into one kernel on CUDA.
 
     `weight` is (out, in) like `nn.Linear`. The dropout mask is a function of `seed` (an int, or an

@@ -15,6 +15,7 @@ whether they are loaded and `reason` why not. Autograd stays with the `fastgen::
 Inputs may be float32, float16 or bfloat16 in any layout: the kernels compute in float32 on contiguous
 copies (none for contiguous float32) and round the result once to the input's dtype.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -39,8 +40,14 @@ ISAS = ("avx512", "avx2", "scalar")  # the kernel tables, best first
 # The folder holding CMakeLists.txt and kernels/: the source checkout (editable installs), else a copy a
 # wheel ships as fastgen/native_src/.
 _PACKAGE = Path(__file__).resolve().parents[1]
-REPO = next((root for root in (_PACKAGE.parent, _PACKAGE / "native_src") if (root / "CMakeLists.txt").is_file()
-             and (root / "kernels" / "ops.cpp").is_file()), _PACKAGE.parent)
+REPO = next(
+    (
+        root
+        for root in (_PACKAGE.parent, _PACKAGE / "native_src")
+        if (root / "CMakeLists.txt").is_file() and (root / "kernels" / "ops.cpp").is_file()
+    ),
+    _PACKAGE.parent,
+)
 SOURCES = REPO / "kernels"
 CMAKE_LISTS = REPO / "CMakeLists.txt"
 BUILD_TIMEOUT_S = 900
@@ -65,7 +72,7 @@ SCHEMAS = {
     "bce_kl_loss": "(Tensor logits, Tensor target, Tensor mu, Tensor logvar) -> Tensor",
     # (grad_logits, grad_mu, grad_logvar) of that loss for dL/d(loss) per row.
     "bce_kl_loss_backward": "(Tensor grad_loss, Tensor logits, Tensor target, Tensor mu, Tensor logvar) "
-                            "-> (Tensor, Tensor, Tensor)",
+    "-> (Tensor, Tensor, Tensor)",
 }
 
 _library = torch.library.Library(NAMESPACE, "DEF")
@@ -152,8 +159,11 @@ def load() -> bool:
                 reason = str(error)
             wanted = os.environ.get("FASTGEN_NATIVE_ISA") if _handle is not None else None
             if wanted and wanted not in supported_isas():
-                print(f"fastgen: FASTGEN_NATIVE_ISA={wanted} does not run on this CPU (it runs "
-                      f"{', '.join(supported_isas())}); using {isa()}", file=sys.stderr)
+                print(
+                    f"fastgen: FASTGEN_NATIVE_ISA={wanted} does not run on this CPU (it runs "
+                    f"{', '.join(supported_isas())}); using {isa()}",
+                    file=sys.stderr,
+                )
             elif wanted:
                 set_isa(wanted)
         return _loaded_path is not None
@@ -267,10 +277,12 @@ def cmake_arguments() -> list[str]:
         from torch.utils.cpp_extension import include_paths
     finally:
         quiet.setLevel(level)
-    options = dict(_build_options(),
-                   FASTGEN_TORCH_INCLUDE_DIRS=";".join(include_paths()),
-                   FASTGEN_TORCH_LIBRARY_DIR=str(Path(torch.__file__).resolve().parent / "lib"),
-                   FASTGEN_GLIBCXX_USE_CXX11_ABI=str(int(torch._C._GLIBCXX_USE_CXX11_ABI)))
+    options = dict(
+        _build_options(),
+        FASTGEN_TORCH_INCLUDE_DIRS=";".join(include_paths()),
+        FASTGEN_TORCH_LIBRARY_DIR=str(Path(torch.__file__).resolve().parent / "lib"),
+        FASTGEN_GLIBCXX_USE_CXX11_ABI=str(int(torch._C._GLIBCXX_USE_CXX11_ABI)),
+    )
     return [f"-D{key}={value}" for key, value in options.items()]
 
 
@@ -304,13 +316,17 @@ def build(directory: Path) -> None:
 
 def _run_cmake(cmake: str, compiler: str, scratch: Path, failed_log: Path) -> Path:
     """Configure and build in `scratch`; return the folder holding the library and its record."""
-    print(f"fastgen: building the native CPU kernels once for torch {torch.__version__} "
-          f"(under a minute) into {failed_log.parent}", file=sys.stderr, flush=True)
+    print(
+        f"fastgen: building the native CPU kernels once for torch {torch.__version__} (under a minute) into {failed_log.parent}",
+        file=sys.stderr,
+        flush=True,
+    )
     build_tree, staged, log = scratch / "build", scratch / "out", scratch / "build.log"
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    steps = [[cmake, "-S", str(REPO), "-B", str(build_tree), *generator, f"-DCMAKE_CXX_COMPILER={compiler}",
-              *cmake_arguments()],
-             [cmake, "--build", str(build_tree), "--parallel", str(os.cpu_count() or 1)]]
+    steps = [
+        [cmake, "-S", str(REPO), "-B", str(build_tree), *generator, f"-DCMAKE_CXX_COMPILER={compiler}", *cmake_arguments()],
+        [cmake, "--build", str(build_tree), "--parallel", str(os.cpu_count() or 1)],
+    ]
     with open(log, "w") as out:
         for step in steps:
             try:

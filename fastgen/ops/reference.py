@@ -1,6 +1,7 @@
 """The only eager math of the fused ops, forward and backward, in plain PyTorch: what the ops run on a
 device without Triton (and for `kernels="eager"`), and the ground truth their tests compare against.
 Random draws come in as arguments (a keep-mask, eps), so every function here is deterministic."""
+
 import torch
 import torch.nn.functional as F
 
@@ -38,8 +39,9 @@ def kl_to_standard_normal(mu, logvar):
 def bce_kl_loss_reference(logits, target, mu, logvar, reduction="mean"):
     """Per image: BCE-with-logits summed over pixels + KL to N(0, I), in float32; then reduced."""
     B = logits.shape[0]
-    bce = F.binary_cross_entropy_with_logits(logits.reshape(B, -1).float(), target.reshape(B, -1).float(),
-                                             reduction="none").sum(1)
+    bce = F.binary_cross_entropy_with_logits(logits.reshape(B, -1).float(), target.reshape(B, -1).float(), reduction="none").sum(
+        1
+    )
     per_image = bce + kl_to_standard_normal(mu, logvar)
     return {"none": per_image, "mean": per_image.mean(), "sum": per_image.sum()}[reduction]
 

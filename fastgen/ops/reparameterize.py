@@ -1,4 +1,5 @@
 """`reparameterize`: z = mu + exp(0.5 * logvar) * eps, with eps drawn in-kernel from a Philox key."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -32,8 +33,9 @@ def _forward(mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor]
 
     z = torch.empty_like(mu)
     if mu.numel():
-        wrap_triton(kernel)[_grid(mu.numel())](mu, logvar, eps if eps is not None else mu, key, z, mu.numel(),
-                                            HAS_EPS=eps is not None, BLOCK=_BLOCK)
+        wrap_triton(kernel)[_grid(mu.numel())](
+            mu, logvar, eps if eps is not None else mu, key, z, mu.numel(), HAS_EPS=eps is not None, BLOCK=_BLOCK
+        )
     return z
 
 
@@ -47,8 +49,16 @@ def _grad_logvar(grad_z: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch
 
     grad_logvar = torch.empty_like(logvar)
     if logvar.numel():
-        wrap_triton(kernel)[_grid(logvar.numel())](grad_z, logvar, eps if eps is not None else logvar, key, grad_logvar,
-                                                logvar.numel(), HAS_EPS=eps is not None, BLOCK=_BLOCK)
+        wrap_triton(kernel)[_grid(logvar.numel())](
+            grad_z,
+            logvar,
+            eps if eps is not None else logvar,
+            key,
+            grad_logvar,
+            logvar.numel(),
+            HAS_EPS=eps is not None,
+            BLOCK=_BLOCK,
+        )
     return grad_logvar
 
 

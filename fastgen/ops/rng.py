@@ -10,6 +10,7 @@ The eager CPU fallback draws from torch's CPU generator seeded from the same key
 a key, but a different stream from the GPU's. The native CPU kernels (``kernels/``, the "native" CPU
 backend) draw the Philox stream itself, bit for bit the Triton kernels' masks.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Argument checks shared by the fused ops: each names the argument it rejects."""
+
 from __future__ import annotations
 
 import math

@@ -1,5 +1,6 @@
 """Everything needed to continue a run exactly: weights, dropout keys, Adam and loss-scaler state,
 RNG states and the position in the epoch, in one safetensors file written atomically."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,16 @@ def trainer_tensors(trainer) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def save(path: Path, trainer, position: Position, sums: torch.Tensor, data_gen_state: torch.Tensor,
-         config: dict, metrics: list[dict], model: str) -> None:
+def save(
+    path: Path,
+    trainer,
+    position: Position,
+    sums: torch.Tensor,
+    data_gen_state: torch.Tensor,
+    config: dict,
+    metrics: list[dict],
+    model: str,
+) -> None:
     """Write the checkpoint; `data_gen_state` is the data generator's state at the start of `position.epoch`."""
     tensors = trainer_tensors(trainer)
     tensors["rng.torch_cpu"] = torch.get_rng_state()
@@ -48,9 +57,15 @@ def save(path: Path, trainer, position: Position, sums: torch.Tensor, data_gen_s
         tensors["rng.torch_cuda"] = torch.cuda.get_rng_state()
     tensors["rng.data_epoch_start"] = data_gen_state.cpu()
     tensors["progress.epoch_sums"] = sums.detach().cpu()
-    metadata = {"fastgen_format": FORMAT_VERSION, "fastgen_version": __version__, "model": model, "dataset": config["dataset"],
-                "config": json.dumps(config), "metrics": json.dumps(metrics),
-                "position": json.dumps(position.__dict__)}
+    metadata = {
+        "fastgen_format": FORMAT_VERSION,
+        "fastgen_version": __version__,
+        "model": model,
+        "dataset": config["dataset"],
+        "config": json.dumps(config),
+        "metrics": json.dumps(metrics),
+        "position": json.dumps(position.__dict__),
+    }
     write_checked_safetensors(path, tensors, metadata)
 
 
@@ -68,19 +83,24 @@ def load(run_dir) -> Checkpoint:
         raise FastgenError(f"--resume {run_dir}: no {CHECKPOINT_FILE} there (not a fastgen run, or it never finished a step)")
     tensors, metadata = read_checked_safetensors(path, "checkpoint")
     if metadata.get("fastgen_format") != FORMAT_VERSION:
-        raise FastgenError(f"{path} has checkpoint format {metadata.get('fastgen_format')!r}; "
-                           f"this fastgen reads format {FORMAT_VERSION}")
+        raise FastgenError(
+            f"{path} has checkpoint format {metadata.get('fastgen_format')!r}; this fastgen reads format {FORMAT_VERSION}"
+        )
     saved_version = metadata.get("fastgen_version", "?")
     if saved_version.split(".")[:2] != __version__.split(".")[:2]:
         # Optimizer and RNG semantics may change between minor versions: an exact resume is not promised.
-        raise FastgenError(f"{path} was written by fastgen {saved_version}; this is fastgen {__version__}, "
-                           "which resumes only runs of the same minor version")
+        raise FastgenError(
+            f"{path} was written by fastgen {saved_version}; this is fastgen {__version__}, "
+            "which resumes only runs of the same minor version"
+        )
     try:
-        return Checkpoint(tensors, json.loads(metadata["config"]), json.loads(metadata["metrics"]),
-                          Position(**json.loads(metadata["position"])))
+        return Checkpoint(
+            tensors, json.loads(metadata["config"]), json.loads(metadata["metrics"]), Position(**json.loads(metadata["position"]))
+        )
     except (ValueError, KeyError, TypeError) as exc:
-        raise FastgenError(f"{path} is not a fastgen checkpoint ({type(exc).__name__}: {str(exc)[:120]}); "
-                           "it cannot be resumed") from None
+        raise FastgenError(
+            f"{path} is not a fastgen checkpoint ({type(exc).__name__}: {str(exc)[:120]}); it cannot be resumed"
+        ) from None
 
 
 def restore(trainer, checkpoint: Checkpoint) -> None:
@@ -90,14 +110,18 @@ def restore(trainer, checkpoint: Checkpoint) -> None:
     missing, unexpected = expected.keys() - saved.keys(), saved.keys() - expected.keys()
     if missing or unexpected:
         name = sorted(missing or unexpected)[0]
-        raise FastgenError(f"checkpoint does not match this {checkpoint.config['model']} trainer: "
-                           f"{'missing' if missing else 'unexpected'} {name}")
+        raise FastgenError(
+            f"checkpoint does not match this {checkpoint.config['model']} trainer: "
+            f"{'missing' if missing else 'unexpected'} {name}"
+        )
     with torch.no_grad():
         for key, target in expected.items():
             value = saved[key]
             if value.shape != target.shape:
-                raise FastgenError(f"checkpoint does not match the architecture: {key} has shape "
-                                   f"{tuple(value.shape)}, expected {tuple(target.shape)}")
+                raise FastgenError(
+                    f"checkpoint does not match the architecture: {key} has shape "
+                    f"{tuple(value.shape)}, expected {tuple(target.shape)}"
+                )
             target.copy_(value)
 
 

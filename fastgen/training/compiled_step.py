@@ -4,6 +4,7 @@ whole step (forward, backward, Adam), then on CUDA one captured CUDA graph repla
 Neither may cost a run: if compiling or capturing fails, a one-line notice says which path is used
 and training goes on.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,8 +44,7 @@ class CompiledStep:
                 return self.compiled(x)
         except Exception as exc:  # compiler missing, unsupported op, ...: never lose the run
             self.active = False
-            self.notice(f"torch.compile failed ({_describe(exc)}); "
-                        "training continues without compilation")
+            self.notice(f"torch.compile failed ({_describe(exc)}); training continues without compilation")
         return self.eager(x)
 
 
@@ -90,16 +90,14 @@ class GraphedStep:
         except Exception as exc:
             self.active = False
             torch.cuda.synchronize()
-            self.notice(f"CUDA-graph capture failed ({_describe(exc)}); "
-                        "training continues without CUDA graphs")
+            self.notice(f"CUDA-graph capture failed ({_describe(exc)}); training continues without CUDA graphs")
             return self.step(x)
         self.graph = graph
         graph.replay()  # capture records the step without running it: run it for this batch now
         return self.static_out.clone()
 
 
-def build_step(step: Step, device: torch.device, compile: bool, cuda_graphs: bool,
-               notice: Callable[[str], None]) -> Step:
+def build_step(step: Step, device: torch.device, compile: bool, cuda_graphs: bool, notice: Callable[[str], None]) -> Step:
     if compile:
         step = CompiledStep(step, notice, cpu=device.type == "cpu")
     if cuda_graphs and device.type == "cuda":
@@ -111,5 +109,4 @@ def describe(step: Step) -> dict:
     """Which optimisations are in effect now (after any fallback)."""
     graphed = isinstance(step, GraphedStep)
     inner = step.step if graphed else step
-    return {"compile": isinstance(inner, CompiledStep) and inner.active,
-            "cuda_graphs": graphed and step.active}
+    return {"compile": isinstance(inner, CompiledStep) and inner.active, "cuda_graphs": graphed and step.active}

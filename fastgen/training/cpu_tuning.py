@@ -11,6 +11,7 @@ Both were measured on this project's 2-core CPUs (README, Performance):
   hands freed heap back to the kernel, so every step page-faults its memory in again (1,450-2,330
   faults a step, measured: 1.55x slower VAE steps, 1.25x slower GAN steps).
 """
+
 from __future__ import annotations
 
 import ctypes

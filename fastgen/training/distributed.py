@@ -5,6 +5,7 @@ weight gradients), which DistributedDataParallel's reducer does not see: it hook
 averaging DDP would do is done here explicitly: one all-reduce of all of an update's gradients, flattened
 into one buffer (DDP's buckets, as one bucket), between the gradients and the Adam update.
 """
+
 from __future__ import annotations
 
 import os
@@ -68,8 +69,9 @@ def init(device_choice: str) -> tuple[Group | None, str]:
     use_cuda = device_choice == "cuda" or (device_choice == "auto" and torch.cuda.is_available())
     if use_cuda:
         if local >= torch.cuda.device_count():
-            raise FastgenError(f"torchrun started {world} processes per node but this node has "
-                               f"{torch.cuda.device_count()} CUDA devices")
+            raise FastgenError(
+                f"torchrun started {world} processes per node but this node has {torch.cuda.device_count()} CUDA devices"
+            )
         torch.cuda.set_device(local)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")

@@ -7,6 +7,7 @@ at the last epoch and on a stop, and every --checkpoint-every steps),
 SIGINT/SIGTERM handled after the current step (checkpoint, then `Interrupted`), a divergence check
 before any checkpoint is overwritten, sample grids and the weights file.
 """
+
 from __future__ import annotations
 
 import math
@@ -88,8 +89,11 @@ def run_epochs(run: Run) -> Progress:
             stopping = _stop_agreed(stop, run)
             _finish_epoch(run, progress, epoch, n_steps, first, sums, epoch_start, epoch_gen_state, stopping)
             if stopping:
-                raise Interrupted(f"interrupted after epoch {epoch} (step {progress.step}); checkpoint saved; "
-                                  f"resume with: python -m fastgen.train --resume {run.out}", _signal_number(stop))
+                raise Interrupted(
+                    f"interrupted after epoch {epoch} (step {progress.step}); checkpoint saved; "
+                    f"resume with: python -m fastgen.train --resume {run.out}",
+                    _signal_number(stop),
+                )
     _sync(run.device)
     return progress
 
@@ -104,8 +108,13 @@ def _schedule(run: Run) -> Progress:
         total_steps = min(total_steps, config.max_steps)
     remaining = total_steps - start
     warmup = start + (steps_per_epoch if remaining > steps_per_epoch else max(1, remaining // 10))
-    return Progress(step=start, last_epoch=-(-total_steps // steps_per_epoch), steps_per_epoch=steps_per_epoch,
-                    total_steps=total_steps, warmup_steps=warmup)
+    return Progress(
+        step=start,
+        last_epoch=-(-total_steps // steps_per_epoch),
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        warmup_steps=warmup,
+    )
 
 
 def _run_steps(run: Run, progress: Progress, epoch: int, n_steps: int, epoch_gen_state, stop) -> tuple[torch.Tensor, int]:
@@ -113,7 +122,7 @@ def _run_steps(run: Run, progress: Progress, epoch: int, n_steps: int, epoch_gen
     trainer, group = run.trainer, run.group
     batches = run.train_split.epoch_batches(run.config.batch_size, run.data_gen)
     if group is not None:
-        batches = batches[:, group.rank::group.world_size]  # this rank's shard of every global batch
+        batches = batches[:, group.rank :: group.world_size]  # this rank's shard of every global batch
     first, sums = 0, torch.zeros(len(trainer.metric_names), device=run.device)
     if run.checkpoint is not None and epoch == run.position.epoch and run.position.step_in_epoch:
         first = run.position.step_in_epoch
@@ -136,14 +145,26 @@ def _run_steps(run: Run, progress: Progress, epoch: int, n_steps: int, epoch_gen
             _save_checkpoint(run, run_state.Position(epoch, i + 1, progress.step), sums, epoch_gen_state)
             if stopping:
                 bar.close()
-                raise Interrupted(f"interrupted at step {progress.step}; checkpoint saved; resume with: "
-                                  f"python -m fastgen.train --resume {run.out}", _signal_number(stop))
+                raise Interrupted(
+                    f"interrupted at step {progress.step}; checkpoint saved; resume with: "
+                    f"python -m fastgen.train --resume {run.out}",
+                    _signal_number(stop),
+                )
     bar.close()
     return sums, first
 
 
-def _finish_epoch(run: Run, progress: Progress, epoch: int, n_steps: int, first: int, sums: torch.Tensor,
-                  epoch_start: float, epoch_gen_state, stopping: bool) -> None:
+def _finish_epoch(
+    run: Run,
+    progress: Progress,
+    epoch: int,
+    n_steps: int,
+    first: int,
+    sums: torch.Tensor,
+    epoch_start: float,
+    epoch_gen_state,
+    stopping: bool,
+) -> None:
     """The epoch's metrics row and sample grids; the weights and checkpoint when due."""
     if run.group is not None:
         sums = run.group.mean(sums)  # metrics are the mean over ranks
@@ -153,8 +174,13 @@ def _finish_epoch(run: Run, progress: Progress, epoch: int, n_steps: int, first:
     if progress.steady_start is not None:
         progress.steady_s += loop_end - max(epoch_start, progress.steady_start)
     _check_finite(run, sums, epoch, progress.step)
-    row = {"epoch": epoch, "step": progress.step, **dict(zip(run.trainer.metric_names, values)),
-           "epoch_s": epoch_s, "samples_per_s": (n_steps - first) * run.config.batch_size / epoch_s}
+    row = {
+        "epoch": epoch,
+        "step": progress.step,
+        **dict(zip(run.trainer.metric_names, values)),
+        "epoch_s": epoch_s,
+        "samples_per_s": (n_steps - first) * run.config.batch_size / epoch_s,
+    }
     if run.is_main:
         row.update(run.trainer.epoch_metrics())
     run.writer.append_metrics(row)
@@ -170,13 +196,13 @@ def _finish_epoch(run: Run, progress: Progress, epoch: int, n_steps: int, first:
 
 def _save_run_state(run: Run, progress: Progress, epoch: int, n_steps: int, sums: torch.Tensor, epoch_gen_state) -> None:
     """The weights file and the checkpoint as of this epoch's end."""
-    run.writer.save_weights({name: getattr(run.trainer, name) for name in run.trainer.modules}, run.config.model,
-                            run.config.to_dict())
+    run.writer.save_weights(
+        {name: getattr(run.trainer, name) for name in run.trainer.modules}, run.config.model, run.config.to_dict()
+    )
     if n_steps < progress.steps_per_epoch:  # stopped by --max-steps: a resume may finish this epoch
         _save_checkpoint(run, run_state.Position(epoch, n_steps, progress.step), sums, epoch_gen_state)
     else:
-        _save_checkpoint(run, run_state.Position(epoch + 1, 0, progress.step), torch.zeros_like(sums),
-                         run.data_gen.get_state())
+        _save_checkpoint(run, run_state.Position(epoch + 1, 0, progress.step), torch.zeros_like(sums), run.data_gen.get_state())
     progress.last_save = time.perf_counter()
 
 
@@ -187,8 +213,9 @@ class _ProgressBar:
         self.enabled = self.shown(run)
         self.batch_size = run.config.batch_size
         self.names = run.trainer.metric_names[:2]
-        self.bar = tqdm(total=n_steps, initial=first, desc=f"epoch {epoch}/{last_epoch}", unit="step",
-                        disable=not self.enabled, leave=False)
+        self.bar = tqdm(
+            total=n_steps, initial=first, desc=f"epoch {epoch}/{last_epoch}", unit="step", disable=not self.enabled, leave=False
+        )
 
     @staticmethod
     def shown(run: Run) -> bool:
@@ -200,8 +227,9 @@ class _ProgressBar:
         self.bar.update(1)
         if step % POSTFIX_EVERY == 0:
             rate = self.bar.format_dict["rate"] or 0.0
-            self.bar.set_postfix({**dict(zip(self.names, (f"{v:.3f}" for v in stats.tolist()))),
-                                  "img/s": f"{rate * self.batch_size:.0f}"})
+            self.bar.set_postfix(
+                {**dict(zip(self.names, (f"{v:.3f}" for v in stats.tolist()))), "img/s": f"{rate * self.batch_size:.0f}"}
+            )
 
     def close(self) -> None:
         self.bar.close()
@@ -209,8 +237,16 @@ class _ProgressBar:
 
 def _save_checkpoint(run: Run, position: run_state.Position, sums: torch.Tensor, epoch_gen_state: torch.Tensor) -> None:
     if run.is_main:
-        run_state.save(run.out / run_state.CHECKPOINT_FILE, run.trainer, position, sums, epoch_gen_state,
-                       run.config.to_dict(), run.writer.metrics, run.config.model)
+        run_state.save(
+            run.out / run_state.CHECKPOINT_FILE,
+            run.trainer,
+            position,
+            sums,
+            epoch_gen_state,
+            run.config.to_dict(),
+            run.writer.metrics,
+            run.config.model,
+        )
 
 
 def _sync(device: torch.device) -> None:
@@ -253,7 +289,8 @@ def _check_finite(run: Run, sums: torch.Tensor, epoch: int, step: int) -> None:
     """Stop a diverged run before it overwrites the last good checkpoint."""
     if bool(torch.isfinite(sums).all()):
         return
-    bad = ", ".join(f"{name}={value}" for name, value in zip(run.trainer.metric_names, sums.tolist())
-                    if not math.isfinite(value))
-    raise FastgenError(f"training diverged in epoch {epoch} (by step {step}): {bad}; the last good checkpoint in "
-                       f"{run.out} is kept; try a lower --lr or train without --amp")
+    bad = ", ".join(f"{name}={value}" for name, value in zip(run.trainer.metric_names, sums.tolist()) if not math.isfinite(value))
+    raise FastgenError(
+        f"training diverged in epoch {epoch} (by step {step}): {bad}; the last good checkpoint in "
+        f"{run.out} is kept; try a lower --lr or train without --amp"
+    )

@@ -1,6 +1,7 @@
 """Adam as one function call on given gradients, and fp16 loss scaling kept on the device: both
 traceable by torch.compile(fullgraph=True) and capturable in a CUDA graph, neither touching `.grad`
 (so no zero_grad) nor syncing with the host."""
+
 from __future__ import annotations
 
 import torch
@@ -39,22 +40,63 @@ class StepAdam:
         # In a traced graph the step counters may live on any device. Outside one (the CPU only), torch's
         # multi-tensor update takes the learning rate as a number.
         capturable = self.capturable or torch.compiler.is_compiling()
-        adam(self.params, grads, self.exp_avgs, self.exp_avg_sqs, [], self.steps,
-             foreach=True, fused=False, capturable=capturable, differentiable=False, grad_scale=None,
-             found_inf=found_inf, has_complex=False, amsgrad=False, beta1=beta1, beta2=beta2,
-             lr=self.lr if capturable else float(self.lr), weight_decay=0.0, eps=1e-8, maximize=False)
+        adam(
+            self.params,
+            grads,
+            self.exp_avgs,
+            self.exp_avg_sqs,
+            [],
+            self.steps,
+            foreach=True,
+            fused=False,
+            capturable=capturable,
+            differentiable=False,
+            grad_scale=None,
+            found_inf=found_inf,
+            has_complex=False,
+            amsgrad=False,
+            beta1=beta1,
+            beta2=beta2,
+            lr=self.lr if capturable else float(self.lr),
+            weight_decay=0.0,
+            eps=1e-8,
+            maximize=False,
+        )
 
 
 # The fused kernel as an op of ours: torch.optim hides its wrapper from torch.compile, and the kernel's
 # tensor-lr overload has no fake implementation, so a compiled step would otherwise trace the
 # multi-tensor update, which Inductor makes slower than the one-pass kernel on the CPU (measured).
 @torch.library.custom_op("fastgen::fused_adam_", mutates_args=("params", "exp_avgs", "exp_avg_sqs", "steps"))
-def fused_adam_(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
-                exp_avg_sqs: list[torch.Tensor], steps: list[torch.Tensor], lr: torch.Tensor, beta1: float,
-                beta2: float, found_inf: torch.Tensor | None) -> None:
+def fused_adam_(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    steps: list[torch.Tensor],
+    lr: torch.Tensor,
+    beta1: float,
+    beta2: float,
+    found_inf: torch.Tensor | None,
+) -> None:
     torch._foreach_add_(steps, 1)
-    torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr, beta1=beta1, beta2=beta2,
-                       weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False, grad_scale=None, found_inf=found_inf)
+    torch._fused_adam_(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        [],
+        steps,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=0.0,
+        eps=1e-8,
+        amsgrad=False,
+        maximize=False,
+        grad_scale=None,
+        found_inf=found_inf,
+    )
     if found_inf is not None:  # a skipped update does not count as a step
         torch._foreach_sub_(steps, [found_inf] * len(steps))
 

@@ -4,6 +4,7 @@ Set-up, top-down: the configuration (a resumed run's own, with the few settings 
 the device and torchrun group, the data on the device, the run folder, the model's `Trainer`, the
 checkpoint's state, the compiled/graphed step, and config.json. `loop.run_epochs` does the rest.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,8 +55,9 @@ def train(config: TrainConfig) -> dict:
         return _write_summary(run, progress, time.perf_counter() - start, run_info)
     except torch.OutOfMemoryError:
         batch = config.batch_size or "the default"
-        raise FastgenError(f"out of GPU memory at batch size {batch}; try a smaller --batch-size, --amp, "
-                           "or --no-cuda-graphs") from None
+        raise FastgenError(
+            f"out of GPU memory at batch size {batch}; try a smaller --batch-size, --amp, or --no-cuda-graphs"
+        ) from None
     finally:
         if owns_group:
             distributed.shutdown()
@@ -114,8 +116,10 @@ def resumed_config(config: TrainConfig) -> tuple[TrainConfig, run_state.Checkpoi
     trained_on = checkpoint.config.get("device", "auto")
     if trained_on != "auto" and resolve_device(saved["device"]).type != trained_on:
         # The saved generator states are the device's own: restoring them on another kind is not possible.
-        raise FastgenError(f"--resume {config.resume}: the run trained on {trained_on} and resumes only there "
-                           f"(asked: --device {saved['device']})")
+        raise FastgenError(
+            f"--resume {config.resume}: the run trained on {trained_on} and resumes only there "
+            f"(asked: --device {saved['device']})"
+        )
     saved.update(out=str(config.resume), overwrite=True, resume=str(config.resume))
     return TrainConfig(**saved), checkpoint
 
@@ -123,11 +127,13 @@ def resumed_config(config: TrainConfig) -> tuple[TrainConfig, run_state.Checkpoi
 def _check_device_and_batch(config: TrainConfig, device: torch.device, group) -> None:
     world = group.world_size if group is not None else 1
     if config.batch_size % world:
-        raise FastgenError(f"--batch-size {config.batch_size} (the global batch) must be divisible by the "
-                           f"{world} torchrun processes")
+        raise FastgenError(
+            f"--batch-size {config.batch_size} (the global batch) must be divisible by the {world} torchrun processes"
+        )
     if config.kernels == "triton" and not triton_runs_on(device):
-        raise FastgenError("--kernels triton needs a CUDA device with Triton (or TRITON_INTERPRET=1 on the CPU); "
-                           "use --kernels auto or eager")
+        raise FastgenError(
+            "--kernels triton needs a CUDA device with Triton (or TRITON_INTERPRET=1 on the CPU); use --kernels auto or eager"
+        )
     if config.kernels == "native" and (device.type != "cpu" or not native.load()):
         why = "they are CPU kernels" if device.type != "cpu" else native.reason
         raise FastgenError(f"--kernels native cannot run here ({why}); use --kernels auto or eager")
@@ -154,6 +160,7 @@ def resolve_amp(config: TrainConfig, device: torch.device, say=notice) -> torch.
 
 def _load_splits(config: TrainConfig, device: torch.device, trainer_class) -> tuple[DeviceSplit, DeviceSplit | None]:
     """The training split (its first --train-images) and, if the trainer wants it, the test split."""
+
     def load(split: str) -> DeviceSplit:
         return DeviceSplit.load(config.dataset, split, device, trainer_class.data_low, config.data_dir, config.download)
 
@@ -185,8 +192,10 @@ def _build_step(config: TrainConfig, device: torch.device, trainer, train_split:
 
     step_fn = build_step(indexed_step, device, use_compile, use_graphs, say)
     if use_compile and not config.quiet:
-        say("compiling the training step on its first call (torch.compile: tens of seconds the first time, "
-            "seconds once Inductor has cached it; --no-compile skips it)")
+        say(
+            "compiling the training step on its first call (torch.compile: tens of seconds the first time, "
+            "seconds once Inductor has cached it; --no-compile skips it)"
+        )
     return step_fn
 
 
@@ -201,8 +210,10 @@ def step_paths(config: TrainConfig, device: torch.device, distributed_run: bool,
         use_graphs = False
     if distributed_run and (use_compile or use_graphs):
         if config.compile or config.cuda_graphs:
-            say("under torchrun the step runs eagerly (the gradient all-reduce sits inside it); "
-                "--compile and --cuda-graphs are single-process features for now")
+            say(
+                "under torchrun the step runs eagerly (the gradient all-reduce sits inside it); "
+                "--compile and --cuda-graphs are single-process features for now"
+            )
         use_compile = use_graphs = False
     return use_compile, use_graphs
 
@@ -215,13 +226,19 @@ def kernels_used(kernels: str, device: torch.device) -> str:
 
 
 def _write_run_info(run: Run, amp_dtype, cpu_tuning) -> dict:
-    info = {"config": run.config.to_dict(), "device": str(run.device), "device_name": device_name(run.device),
-            "amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None, "versions": versions(),
-            **describe(run.step_fn),
-            "triton_kernels": run.config.kernels != "eager" and triton_runs_on(run.device),
-            "kernels_used": kernels_used(run.config.kernels, run.device),
-            "torch_threads": torch.get_num_threads(), "cpu_tuning": cpu_tuning,
-            "world_size": run.group.world_size if run.group is not None else 1}
+    info = {
+        "config": run.config.to_dict(),
+        "device": str(run.device),
+        "device_name": device_name(run.device),
+        "amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
+        "versions": versions(),
+        **describe(run.step_fn),
+        "triton_kernels": run.config.kernels != "eager" and triton_runs_on(run.device),
+        "kernels_used": kernels_used(run.config.kernels, run.device),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_tuning": cpu_tuning,
+        "world_size": run.group.world_size if run.group is not None else 1,
+    }
     run.writer.write_json("config.json", info)
     return info
 
@@ -230,12 +247,20 @@ def _write_summary(run: Run, progress, wall_s: float, run_info: dict) -> dict:
     final = run.writer.metrics[-1]
     run.writer.plot_losses(run.trainer.loss_curves)
     summary = {
-        "model": run.config.model, "dataset": run.config.dataset, "epochs": progress.last_epoch,
-        "steps": progress.step, "batch_size": run.config.batch_size, "wall_s": wall_s,
+        "model": run.config.model,
+        "dataset": run.config.dataset,
+        "epochs": progress.last_epoch,
+        "steps": progress.step,
+        "batch_size": run.config.batch_size,
+        "wall_s": wall_s,
         "samples_per_s": progress.samples_per_s(run.config.batch_size),
         "final": {k: v for k, v in final.items() if k not in ("epoch", "step", "epoch_s", "samples_per_s")},
-        "device": str(run.device), "device_name": run_info["device_name"], "amp": run_info["amp_dtype"] is not None,
-        "amp_dtype": run_info["amp_dtype"], "kernels": run.config.kernels, **describe(run.step_fn),
+        "device": str(run.device),
+        "device_name": run_info["device_name"],
+        "amp": run_info["amp_dtype"] is not None,
+        "amp_dtype": run_info["amp_dtype"],
+        "kernels": run.config.kernels,
+        **describe(run.step_fn),
         "resumed_from_step": run.checkpoint.position.step if run.checkpoint is not None else None,
         "out": str(run.out),
     }

@@ -1,4 +1,5 @@
 """The files a run leaves behind: config, metrics, sample grids, loss curves, weights, summary."""
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """One optimisation step of each model, over device tensors only (no host sync inside a step), and
 everything else that differs between the GAN and the VAE: what the data is scaled to, which metrics a
 step returns, what is plotted, sampled and saved. The epoch loop knows trainers only through `Trainer`."""
+
 from __future__ import annotations
 
 import contextlib
@@ -36,8 +37,7 @@ class Trainer(Protocol):
     def sample_grids(self) -> dict[str, torch.Tensor]: ...
 
 
-def apply_update(loss: torch.Tensor, params, optimizer: StepAdam, scaler: DeviceLossScaler | None,
-                 reduce_grads=None) -> None:
+def apply_update(loss: torch.Tensor, params, optimizer: StepAdam, scaler: DeviceLossScaler | None, reduce_grads=None) -> None:
     """Gradients of `loss` for `params` only (autograd skips everything else), averaged across ranks by
     `reduce_grads` under torchrun, then one Adam update."""
     if scaler is None:
@@ -57,8 +57,7 @@ def autocast_factory(device: torch.device, amp_dtype: torch.dtype | None):
 def _optimizer(params, config, device: torch.device, amp_dtype) -> tuple[StepAdam, DeviceLossScaler | None]:
     """Adam for `params`, and a loss scaler for fp16 (whose `found_inf` needs the fused update)."""
     fp16 = amp_dtype == torch.float16
-    return (StepAdam(params, config.lr, config.betas, device, True if fp16 else None),
-            DeviceLossScaler(device) if fp16 else None)
+    return (StepAdam(params, config.lr, config.betas, device, True if fp16 else None), DeviceLossScaler(device) if fp16 else None)
 
 
 def _grid_noise(latent_dim: int, seed: int, device: torch.device) -> torch.Tensor:
@@ -76,8 +75,7 @@ class GANTrainer:
     loss_curves = ("d_loss", "g_loss")
     modules = ("generator", "discriminator")
 
-    def __init__(self, config, device: torch.device, amp_dtype: torch.dtype | None = None,
-                 test_split: DeviceSplit | None = None):
+    def __init__(self, config, device: torch.device, amp_dtype: torch.dtype | None = None, test_split: DeviceSplit | None = None):
         self.generator = Generator(config.kernels).to(device)
         self.discriminator = Discriminator(config.kernels).to(device)
         self.g_params = list(self.generator.parameters())
@@ -110,8 +108,14 @@ class GANTrainer:
             d_frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
             g_loss = F.softplus(-functional_call(self.discriminator, d_frozen, (fake,)).float()).mean()
         apply_update(g_loss, self.g_params, self.opt_g, self.scaler_g, self.reduce_grads)
-        return torch.stack([d_loss.detach(), g_loss.detach(),
-                            torch.sigmoid(real_logits.detach()).mean(), torch.sigmoid(fake_logits.detach()).mean()])
+        return torch.stack(
+            [
+                d_loss.detach(),
+                g_loss.detach(),
+                torch.sigmoid(real_logits.detach()).mean(),
+                torch.sigmoid(fake_logits.detach()).mean(),
+            ]
+        )
 
     def train(self, mode: bool = True) -> None:
         self.generator.train(mode)
@@ -138,8 +142,7 @@ class VAETrainer:
     loss_curves = ("loss", "test_loss")
     modules = ("vae",)
 
-    def __init__(self, config, device: torch.device, amp_dtype: torch.dtype | None = None,
-                 test_split: DeviceSplit | None = None):
+    def __init__(self, config, device: torch.device, amp_dtype: torch.dtype | None = None, test_split: DeviceSplit | None = None):
         self.vae = VAE(config.kernels).to(device)
         self.params = list(self.vae.parameters())
         self.opt, self.scaler = _optimizer(self.params, config, device, amp_dtype)
@@ -166,8 +169,7 @@ class VAETrainer:
         """The mean test loss per image, eps drawn from a fixed key so epochs compare like for like."""
         if self.test_split is None:
             return {}
-        return {"test_loss": likelihood.loss_per_image(self.vae, self.test_split.images, self.seed,
-                                                       autocast=self.autocast)}
+        return {"test_loss": likelihood.loss_per_image(self.vae, self.test_split.images, self.seed, autocast=self.autocast)}
 
     @torch.no_grad()
     def sample_grids(self) -> dict[str, torch.Tensor]:

@@ -1,11 +1,11 @@
 """Triton kernels for `bce_kl_loss`: one program per image, forward and backward each in one pass."""
+
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def bce_kl_fwd_kernel(logits_ptr, target_ptr, mu_ptr, logvar_ptr, loss_ptr, D, L,
-                      BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+def bce_kl_fwd_kernel(logits_ptr, target_ptr, mu_ptr, logvar_ptr, loss_ptr, D, L, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     # One program per image: BCE-with-logits summed over D pixels + KL summed over L latents.
     row = tl.program_id(0).to(tl.int64)
     acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -28,9 +28,20 @@ def bce_kl_fwd_kernel(logits_ptr, target_ptr, mu_ptr, logvar_ptr, loss_ptr, D, L
 
 
 @triton.jit
-def bce_kl_bwd_kernel(grad_loss_ptr, logits_ptr, target_ptr, mu_ptr, logvar_ptr,
-                      grad_logits_ptr, grad_mu_ptr, grad_logvar_ptr, D, L,
-                      BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+def bce_kl_bwd_kernel(
+    grad_loss_ptr,
+    logits_ptr,
+    target_ptr,
+    mu_ptr,
+    logvar_ptr,
+    grad_logits_ptr,
+    grad_mu_ptr,
+    grad_logvar_ptr,
+    D,
+    L,
+    BLOCK_D: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):
     # All three gradients of one image in one pass.
     row = tl.program_id(0).to(tl.int64)
     g = tl.load(grad_loss_ptr + row).to(tl.float32)
@@ -56,14 +67,34 @@ def bce_kl_bwd_kernel(grad_loss_ptr, logits_ptr, target_ptr, mu_ptr, logvar_ptr,
 _BLOCKS = tuple(2**i for i in range(11))
 AOT_BUILDS = {
     "bce_kl_fwd_kernel": dict(
-        args=dict(logits_ptr="*{dtype}", target_ptr="*{dtype}", mu_ptr="*{dtype}", logvar_ptr="*{dtype}",
-                  loss_ptr="*fp32", D="i32", L="i32", BLOCK_D="constexpr", BLOCK_L="constexpr"),
+        args=dict(
+            logits_ptr="*{dtype}",
+            target_ptr="*{dtype}",
+            mu_ptr="*{dtype}",
+            logvar_ptr="*{dtype}",
+            loss_ptr="*fp32",
+            D="i32",
+            L="i32",
+            BLOCK_D="constexpr",
+            BLOCK_L="constexpr",
+        ),
         constexprs=dict(BLOCK_D=_BLOCKS, BLOCK_L=_BLOCKS),
     ),
     "bce_kl_bwd_kernel": dict(
-        args=dict(grad_loss_ptr="*fp32", logits_ptr="*{dtype}", target_ptr="*{dtype}", mu_ptr="*{dtype}",
-                  logvar_ptr="*{dtype}", grad_logits_ptr="*{dtype}", grad_mu_ptr="*{dtype}",
-                  grad_logvar_ptr="*{dtype}", D="i32", L="i32", BLOCK_D="constexpr", BLOCK_L="constexpr"),
+        args=dict(
+            grad_loss_ptr="*fp32",
+            logits_ptr="*{dtype}",
+            target_ptr="*{dtype}",
+            mu_ptr="*{dtype}",
+            logvar_ptr="*{dtype}",
+            grad_logits_ptr="*{dtype}",
+            grad_mu_ptr="*{dtype}",
+            grad_logvar_ptr="*{dtype}",
+            D="i32",
+            L="i32",
+            BLOCK_D="constexpr",
+            BLOCK_L="constexpr",
+        ),
         constexprs=dict(BLOCK_D=_BLOCKS, BLOCK_L=_BLOCKS),
     ),
 }

@@ -5,6 +5,7 @@ accumulator; the mask is never written. Backward: one elementwise pass that turn
 dL/d(pre-activation), regenerating the mask and reading the LeakyReLU branch off the saved output;
 the two matmuls that follow go to cuBLAS through torch.
 """
+
 import triton
 import triton.language as tl
 
@@ -13,8 +14,9 @@ from fastgen.ops.triton.philox import philox_keep
 
 
 def _tile(block_m, block_n, block_k, warps, stages):
-    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8},
-                         num_warps=warps, num_stages=stages)
+    return triton.Config(
+        {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8}, num_warps=warps, num_stages=stages
+    )
 
 
 # The autotuner's configs on a GPU, chosen so that no build spills a register on sm_80 or sm_90 (checked ahead
@@ -32,8 +34,7 @@ TENSOR_CORE_CONFIGS = [
 ]
 # Dropout draws a Philox block (four 32-bit words live while it is computed) for every element of the tile:
 # at most 32 elements a thread (64 accumulators a thread and their 256 words do not fit in 255 registers).
-DROPOUT_CONFIGS = [c for c in TENSOR_CORE_CONFIGS
-                   if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 32 * 32 * c.num_warps]
+DROPOUT_CONFIGS = [c for c in TENSOR_CORE_CONFIGS if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 32 * 32 * c.num_warps]
 # fp32 with INPUT_PRECISION="ieee" multiplies on the FMA units, each thread holding its rows and columns of a
 # BLOCK_K slice in registers: short slices.
 FMA_CONFIGS = [
@@ -65,19 +66,37 @@ def _prune_configs(configs, named_args, **kwargs):
 if TRITON_INTERPRET:
     _autotune = triton.autotune(configs=INTERPRETER_CONFIGS, key=["M", "N", "K", "HAS_DROPOUT", "INPUT_PRECISION"])
 else:
-    _autotune = triton.autotune(configs=GPU_CONFIGS, key=["M", "N", "K", "HAS_DROPOUT", "INPUT_PRECISION"],
-                                prune_configs_by={"early_config_prune": _prune_configs})
+    _autotune = triton.autotune(
+        configs=GPU_CONFIGS,
+        key=["M", "N", "K", "HAS_DROPOUT", "INPUT_PRECISION"],
+        prune_configs_by={"early_config_prune": _prune_configs},
+    )
 
 
 @_autotune
 @triton.jit
 def linear_leaky_relu_dropout_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, key_ptr,
-    M, N, K,
-    stride_xm, stride_xk, stride_wn, stride_wk,
-    negative_slope, p,
-    HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    y_ptr,
+    key_ptr,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_xk,
+    stride_wn,
+    stride_wk,
+    negative_slope,
+    p,
+    HAS_BIAS: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
     # Grouped tile order so neighbouring programs reuse the same rows of x from L2.
     pid = tl.program_id(0)
@@ -117,8 +136,15 @@ def linear_leaky_relu_dropout_fwd_kernel(
 
 @triton.jit
 def linear_leaky_relu_dropout_bwd_kernel(
-    grad_y_ptr, y_ptr, grad_pre_ptr, key_ptr, n_elements, negative_slope, p,
-    HAS_DROPOUT: tl.constexpr, BLOCK: tl.constexpr,
+    grad_y_ptr,
+    y_ptr,
+    grad_pre_ptr,
+    key_ptr,
+    n_elements,
+    negative_slope,
+    p,
+    HAS_DROPOUT: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     # grad_y, y and grad_pre are contiguous (M, N): the flat offset is the forward's element index.
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -139,19 +165,49 @@ def linear_leaky_relu_dropout_bwd_kernel(
 # turns into the constant 1 for the layouts the launcher accepts, and the autotuner's configs.
 AOT_BUILDS = {
     "linear_leaky_relu_dropout_fwd_kernel": dict(
-        args=dict(x_ptr="*{dtype}", w_ptr="*{dtype}", b_ptr="*{dtype}", y_ptr="*{dtype}", key_ptr="*i64",
-                  M="i32", N="i32", K="i32", stride_xm="i32", stride_xk="i32", stride_wn="i32", stride_wk="i32",
-                  negative_slope="fp32", p="fp32", HAS_BIAS="constexpr", HAS_DROPOUT="constexpr",
-                  INPUT_PRECISION="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr",
-                  GROUP_M="constexpr"),
-        constexprs=dict(HAS_BIAS=(False, True), HAS_DROPOUT=(False, True),
-                        INPUT_PRECISION={"fp32": ("ieee", "tf32"), "fp16": ("ieee",), "bf16": ("ieee",)}),
+        args=dict(
+            x_ptr="*{dtype}",
+            w_ptr="*{dtype}",
+            b_ptr="*{dtype}",
+            y_ptr="*{dtype}",
+            key_ptr="*i64",
+            M="i32",
+            N="i32",
+            K="i32",
+            stride_xm="i32",
+            stride_xk="i32",
+            stride_wn="i32",
+            stride_wk="i32",
+            negative_slope="fp32",
+            p="fp32",
+            HAS_BIAS="constexpr",
+            HAS_DROPOUT="constexpr",
+            INPUT_PRECISION="constexpr",
+            BLOCK_M="constexpr",
+            BLOCK_N="constexpr",
+            BLOCK_K="constexpr",
+            GROUP_M="constexpr",
+        ),
+        constexprs=dict(
+            HAS_BIAS=(False, True),
+            HAS_DROPOUT=(False, True),
+            INPUT_PRECISION={"fp32": ("ieee", "tf32"), "fp16": ("ieee",), "bf16": ("ieee",)},
+        ),
         layouts={"x row-major": dict(stride_xk=1, stride_wk=1), "x column-major": dict(stride_xm=1, stride_wk=1)},
         configs=gpu_configs,
     ),
     "linear_leaky_relu_dropout_bwd_kernel": dict(
-        args=dict(grad_y_ptr="*{dtype}", y_ptr="*{dtype}", grad_pre_ptr="*{dtype}", key_ptr="*i64",
-                  n_elements="i32", negative_slope="fp32", p="fp32", HAS_DROPOUT="constexpr", BLOCK="constexpr"),
+        args=dict(
+            grad_y_ptr="*{dtype}",
+            y_ptr="*{dtype}",
+            grad_pre_ptr="*{dtype}",
+            key_ptr="*i64",
+            n_elements="i32",
+            negative_slope="fp32",
+            p="fp32",
+            HAS_DROPOUT="constexpr",
+            BLOCK="constexpr",
+        ),
         constexprs=dict(HAS_DROPOUT=(False, True), BLOCK=(1024,)),
     ),
 }

@@ -3,6 +3,7 @@
 Counter = (element index lo, element index hi, step lo, step hi), key = seed. A draw depends only on
 (seed, step, element), so the backward regenerates the forward's mask instead of storing it.
 """
+
 import triton
 import triton.language as tl
 

@@ -1,4 +1,5 @@
 """Triton kernels for `reparameterize`: z = mu + exp(0.5 logvar) * eps, eps drawn from Philox in-kernel."""
+
 import triton
 import triton.language as tl
 
@@ -17,8 +18,9 @@ def _load_latent(logvar_ptr, eps_ptr, key_ptr, offs, in_bounds, HAS_EPS: tl.cons
 
 
 @triton.jit
-def reparameterize_fwd_kernel(mu_ptr, logvar_ptr, eps_ptr, key_ptr, z_ptr, n_elements,
-                              HAS_EPS: tl.constexpr, BLOCK: tl.constexpr):
+def reparameterize_fwd_kernel(
+    mu_ptr, logvar_ptr, eps_ptr, key_ptr, z_ptr, n_elements, HAS_EPS: tl.constexpr, BLOCK: tl.constexpr
+):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     in_bounds = offs < n_elements
     mu = tl.load(mu_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
@@ -28,8 +30,9 @@ def reparameterize_fwd_kernel(mu_ptr, logvar_ptr, eps_ptr, key_ptr, z_ptr, n_ele
 
 
 @triton.jit
-def reparameterize_bwd_kernel(grad_z_ptr, logvar_ptr, eps_ptr, key_ptr, grad_logvar_ptr, n_elements,
-                              HAS_EPS: tl.constexpr, BLOCK: tl.constexpr):
+def reparameterize_bwd_kernel(
+    grad_z_ptr, logvar_ptr, eps_ptr, key_ptr, grad_logvar_ptr, n_elements, HAS_EPS: tl.constexpr, BLOCK: tl.constexpr
+):
     # dz/dmu = 1 (the gradient passes through); dz/dlogvar = 0.5 * exp(0.5 * logvar) * eps, eps regenerated.
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     in_bounds = offs < n_elements
@@ -42,13 +45,29 @@ def reparameterize_bwd_kernel(grad_z_ptr, logvar_ptr, eps_ptr, key_ptr, grad_log
 # For the ahead-of-time build (see linear_leaky_relu_dropout.AOT_BUILDS): types and launcher values.
 AOT_BUILDS = {
     "reparameterize_fwd_kernel": dict(
-        args=dict(mu_ptr="*{dtype}", logvar_ptr="*{dtype}", eps_ptr="*{dtype}", key_ptr="*i64", z_ptr="*{dtype}",
-                  n_elements="i32", HAS_EPS="constexpr", BLOCK="constexpr"),
+        args=dict(
+            mu_ptr="*{dtype}",
+            logvar_ptr="*{dtype}",
+            eps_ptr="*{dtype}",
+            key_ptr="*i64",
+            z_ptr="*{dtype}",
+            n_elements="i32",
+            HAS_EPS="constexpr",
+            BLOCK="constexpr",
+        ),
         constexprs=dict(HAS_EPS=(False, True), BLOCK=(1024,)),
     ),
     "reparameterize_bwd_kernel": dict(
-        args=dict(grad_z_ptr="*{dtype}", logvar_ptr="*{dtype}", eps_ptr="*{dtype}", key_ptr="*i64",
-                  grad_logvar_ptr="*{dtype}", n_elements="i32", HAS_EPS="constexpr", BLOCK="constexpr"),
+        args=dict(
+            grad_z_ptr="*{dtype}",
+            logvar_ptr="*{dtype}",
+            eps_ptr="*{dtype}",
+            key_ptr="*i64",
+            grad_logvar_ptr="*{dtype}",
+            n_elements="i32",
+            HAS_EPS="constexpr",
+            BLOCK="constexpr",
+        ),
         constexprs=dict(HAS_EPS=(False, True), BLOCK=(1024,)),
     ),
 }
