@@ -86,3 +86,41 @@ def test_a_file_without_the_checksum_is_refused(tmp_path):
     )
     with pytest.raises(FastgenError, match="no fastgen checksum"):
         fastgen.load(path)
+
+
+def _saved_run(tmp_path, device: str):
+    from fastgen.config import TrainConfig
+    from fastgen.training.trainers import VAETrainer
+
+    config = TrainConfig(model="vae", device=device).resolved()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run_state.save(
+        run_dir / run_state.CHECKPOINT_FILE,
+        VAETrainer(config, torch.device("cpu")),
+        run_state.Position(2, 0, 10),
+        torch.zeros(3),
+        torch.get_rng_state(),
+        config.to_dict(),
+        [],
+        "vae",
+    )
+    return run_dir
+
+
+def test_a_resume_keeps_the_device_the_run_trained_on(tmp_path):
+    from fastgen.training.run import resumed_config
+
+    run_dir = _saved_run(tmp_path, "cpu")
+    for asked in ("auto", None):  # the CLI's and the API's "not asked for"
+        config, _ = resumed_config(fastgen.TrainConfig(resume=str(run_dir), **({"device": asked} if asked else {})))
+        assert config.device == "cpu"
+
+
+def test_a_resume_on_another_kind_of_device_is_refused_in_one_line(tmp_path):
+    from fastgen.training.run import resumed_config
+
+    run_dir = _saved_run(tmp_path, "cuda")  # as a GPU run records it
+    with pytest.raises(FastgenError, match="trained on cuda and resumes only there") as info:
+        resumed_config(fastgen.TrainConfig(resume=str(run_dir), device="cpu"))
+    assert "\n" not in str(info.value)
