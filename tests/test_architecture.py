@@ -4,6 +4,8 @@
 import ast
 from pathlib import Path
 
+import pytest
+
 import fastgen
 
 PACKAGE = Path(fastgen.__file__).parent
@@ -84,3 +86,18 @@ def test_training_path_functions_are_short():
                     if lines > MAX_FUNCTION_LINES:
                         long.append(f"{path.relative_to(PACKAGE)}:{node.name} ({lines} lines)")
     assert not long, long
+
+
+def test_importing_the_entry_modules_keeps_the_functions_callable():
+    import fastgen.compare
+    import fastgen.evaluate
+    import fastgen.train  # noqa: F401  (rebinds the attribute fastgen.train to the module)
+    from fastgen.comparison import compare
+    from fastgen.evaluation import evaluate
+    from fastgen.training import train
+
+    for name, function in (("train", train), ("evaluate", evaluate), ("compare", compare)):
+        module = getattr(fastgen, name)
+        assert callable(module) and module.function is function
+    with pytest.raises(fastgen.FastgenError, match="--model is required"):
+        fastgen.train(fastgen.TrainConfig())  # the module calls the function
