@@ -17,6 +17,9 @@ DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}  # name -> torchv
 # CPU (README): more than a GPU epoch. 30 s bounds the work a crash can lose; a stop always writes.
 SAVE_INTERVAL_S = 30.0
 
+# The moving average of the weights kept by default (--ema): see fastgen/training/ema.py for why it has no warm-up.
+EMA_DECAY = 0.999
+
 # Paper-code batch sizes; the GAN's Adam settings are the DCGAN ones (lr 2e-4, beta1 0.5), which
 # keep this MLP GAN's discriminator from saturating; the VAE uses Adam's defaults at lr 1e-3.
 DEFAULTS = {
@@ -51,6 +54,7 @@ class TrainConfig:
     checkpoint_every: Optional[int] = None  # steps between mid-epoch checkpoints
     save_interval: Optional[float] = None  # seconds between weights/checkpoint writes at epoch ends; None: 30
     resume: Optional[str] = None  # a run folder to continue
+    ema: Optional[float] = None  # decay of the weights' moving average; None: EMA_DECAY; 0: keep none
 
     def resolved(self) -> TrainConfig:
         """A validated copy with the model's defaults filled in. Raises FastgenError naming the bad value."""
@@ -73,6 +77,8 @@ class TrainConfig:
                 values[key] = defaults[key]
         if values["epochs"] is None:
             values["epochs"] = 50
+        if values["ema"] is None:
+            values["ema"] = EMA_DECAY
         if values["save_interval"] is None:
             values["save_interval"] = SAVE_INTERVAL_S
         values["betas"] = tuple(values["betas"])
@@ -91,6 +97,8 @@ class TrainConfig:
             or not config.save_interval >= 0
         ):
             raise FastgenError(f"--save-interval must be a number of seconds >= 0, got {config.save_interval!r}")
+        if isinstance(config.ema, bool) or not isinstance(config.ema, (int, float)) or not 0 <= config.ema < 1:
+            raise FastgenError(f"--ema must be a decay in [0, 1) (0: no moving average), got {config.ema!r}")
         if config.checkpoint_every is not None:
             _check_int("--checkpoint-every", config.checkpoint_every, minimum=1)
         if not (isinstance(config.lr, (int, float)) and 0 < config.lr < 1):

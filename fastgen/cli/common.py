@@ -47,6 +47,15 @@ def add_device_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available, else the CPU")
 
 
+def add_weights_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--weights",
+        choices=("auto", "raw", "ema"),
+        default="auto",
+        help="the optimizer's last weights (raw), their moving average (ema), or fastgen's default for the model (auto)",
+    )
+
+
 def config_arguments(parser: argparse.ArgumentParser, argv) -> dict:
     """The parsed flags as config keyword arguments: `download` instead of `no_download`, no `debug`."""
     args = vars(parser.parse_args(argv))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from fastgen.cli.common import Parser, add_data_flags, add_device_flag, non_negative_int, positive_int, run
+from fastgen.cli.common import Parser, add_data_flags, add_device_flag, add_weights_flag, non_negative_int, positive_int, run
 
 
 def build_parser() -> Parser:
@@ -20,6 +20,7 @@ def build_parser() -> Parser:
     )
     parser.add_argument("--seed", type=non_negative_int, default=0)
     add_device_flag(parser)
+    add_weights_flag(parser)
     parser.add_argument("--no-reference", action="store_true", help="skip the reference rows (training split and uniform noise)")
     add_data_flags(parser)
     return parser
@@ -40,6 +41,7 @@ def _main(argv) -> None:
         data_dir=args.data_dir,
         download=not args.no_download,
         reference=not args.no_reference,
+        weights=args.weights,
     )
     path = eval_path(args.run)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sys
 
-from fastgen.cli.common import Parser, add_device_flag, non_negative_int, positive_int, run
+from fastgen.cli.common import Parser, add_device_flag, add_weights_flag, non_negative_int, positive_int, run
 
 
 def _main(argv) -> None:
@@ -15,6 +15,7 @@ def _main(argv) -> None:
     parser.add_argument("--seed", type=non_negative_int, default=None)
     parser.add_argument("--out", default="grid.png")
     add_device_flag(parser)
+    add_weights_flag(parser)
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
 
@@ -24,13 +25,13 @@ def _main(argv) -> None:
     from fastgen.errors import FastgenError
     from fastgen.models.weights import load
 
-    model = load(args.run, device=resolve_device(args.device))
+    model = load(args.run, device=resolve_device(args.device), weights=args.weights)
     images = model.sample(args.n, seed=args.seed)
     try:
         save_image(images.cpu(), args.out, nrow=max(1, int(math.sqrt(args.n))), padding=2)
     except (OSError, ValueError) as exc:
         raise FastgenError(f"cannot write {args.out}: {exc}") from None
-    print(args.out)
+    print(f"{args.out} ({model.weights_used} weights)")
 
 
 def main(argv=None) -> int:

@@ -57,6 +57,13 @@ def build_parser() -> Parser:
         help="fused ops (auto: Triton on CUDA, plain PyTorch on the CPU), native CPU kernels (native: "
         "built on first use) or plain PyTorch everywhere (eager)",
     )
+    parser.add_argument(
+        "--ema",
+        type=non_negative_float,
+        metavar="DECAY",
+        help="decay of the moving average of the weights kept on the device and saved beside them "
+        "(default 0.999; 0: none); fastgen.load/sample/evaluate say which weights they use",
+    )
     parser.add_argument("--max-steps", type=positive_int, help="stop after N optimizer steps")
     parser.add_argument(
         "--train-images", type=positive_int, help="train on the first N images of the training split only (quick experiments)"

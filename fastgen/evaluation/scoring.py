@@ -68,17 +68,19 @@ def reference_scores(evaluator: Evaluator, n: int = DEFAULT_N, seed: int = 0, da
     }
 
 
-def _model_and_data(model_or_path, device: torch.device, dataset: str | None, data_dir):
+def _model_and_data(model_or_path, device: torch.device, dataset: str | None, data_dir, weights: str):
     """The model in eval mode, its dataset, and where to read that dataset: `data_dir` if given, else the
     folder the run was trained from (recorded in its weights) while it still exists, else the search order."""
     if isinstance(model_or_path, torch.nn.Module):
+        if weights != "auto":
+            raise FastgenError("weights= chooses among a weights file's raw and averaged weights; a module holds one set")
         return model_or_path.to(device).eval(), dataset or "mnist", data_dir
     _, metadata = read_weights(model_or_path)
     config = json.loads(metadata.get("config", "{}"))
     recorded = config.get("data_dir")
     if data_dir is None and recorded and Path(recorded).is_dir():
         data_dir = recorded
-    return load(model_or_path, device=device), dataset or config.get("dataset", "mnist"), data_dir
+    return load(model_or_path, device=device, weights=weights), dataset or config.get("dataset", "mnist"), data_dir
 
 
 def evaluate(
@@ -93,19 +95,21 @@ def evaluate(
     download: bool = True,
     evaluator: Evaluator | None = None,
     reference: bool = True,
+    weights: str = "auto",
 ) -> dict:
     """Scores of a trained generator: a run folder, a fastgen .safetensors file, or a Generator/VAE module.
 
     n samples (seeded) are scored against the test split; a VAE also gets its test loss and an
     importance-weighted NLL estimate with `iwae_k` samples. `reference=True` adds the training split's
-    and uniform noise's scores for scale.
+    and uniform noise's scores for scale. `weights` (raw, ema, auto) as in `fastgen.load`; the result
+    says which were scored.
     """
     if n <= PR_NEIGHBOURS:
         raise FastgenError(f"--n must be larger than {PR_NEIGHBOURS}, got {n}")
     if not 1 <= iwae_k <= likelihood.MAX_IWAE_K:
         raise FastgenError(f"--iwae-k must be in [1, {likelihood.MAX_IWAE_K}], got {iwae_k}")
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    model, dataset, data_dir = _model_and_data(model_or_path, device, dataset, data_dir)
+    model, dataset, data_dir = _model_and_data(model_or_path, device, dataset, data_dir, weights)
     if evaluator is None:
         evaluator = load_evaluator(dataset, data_dir=data_dir, download=download)
     elif evaluator.dataset != dataset:
@@ -117,6 +121,7 @@ def evaluate(
         "dataset": dataset,
         "n": n,
         "seed": seed,
+        "weights": getattr(model, "weights_used", "as given"),
         "evaluator": {"test_accuracy": evaluator.accuracy, "sha256": evaluator.sha256},
         **score_images(model.sample(n, seed=seed), evaluator, data_dir, download),
     }
@@ -138,7 +143,8 @@ def eval_path(model_path) -> Path:
 
 def format_table(result: dict) -> str:
     """The scores as an aligned text table; reference columns when present."""
-    columns = [("model", result)] + [(name.replace("_", " "), scores) for name, scores in result.get("reference", {}).items()]
+    columns = [(f"model ({result.get('weights', '?')} weights)", result)]
+    columns += [(name.replace("_", " "), scores) for name, scores in result.get("reference", {}).items()]
     rows = [("metric", *[name for name, _ in columns])]
     for name in SCORE_NAMES:
         better = "higher" if HIGHER_IS_BETTER[name] else "lower"

@@ -13,11 +13,20 @@ from fastgen.files import read_checked_safetensors, write_checked_safetensors
 
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = "2"  # 2: every file carries a SHA-256 of its bytes
+EMA_PREFIX = "ema."  # the moving average of the weights: ema.<module>.<parameter>
+WEIGHT_KINDS = ("raw", "ema")
+# The weights `load` gives when not asked for either, per model: chosen from the comparison's numbers
+# over seeds (docs/comparison/report.md, EMA section).
+DEFAULT_WEIGHTS = {"gan": "ema", "vae": "ema"}
 
 
-def save_weights(path: Path, modules: dict[str, torch.nn.Module], model: str, config: dict) -> None:
-    """All modules' state (weights and buffers) under '<name>.' prefixes, with the config as metadata."""
+def save_weights(
+    path: Path, modules: dict[str, torch.nn.Module], model: str, config: dict, ema: dict[str, torch.Tensor] | None = None
+) -> None:
+    """All modules' state (weights and buffers) under '<name>.' prefixes, the averaged parameters (already
+    named ema.<name>.<key>) if any, with the config as metadata."""
     tensors = {f"{name}.{key}": value for name, module in modules.items() for key, value in module.state_dict().items()}
+    tensors.update(ema or {})
     metadata = {"fastgen_format": FORMAT_VERSION, "model": model, "config": json.dumps(config)}
     write_checked_safetensors(path, tensors, metadata)
 
@@ -35,19 +44,35 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, metadata
 
 
-def load(path, device="cpu", kernels: str = "auto") -> torch.nn.Module:
+def _state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
+
+
+def load(path, device="cpu", kernels: str = "auto", weights: str = "auto") -> torch.nn.Module:
     """A trained model from a run folder or its model.safetensors, in eval mode, with `.sample(n, seed)`.
 
-    GAN runs give the Generator; VAE runs give the VAE.
+    GAN runs give the Generator; VAE runs give the VAE. `weights`: "raw" (the optimizer's last weights),
+    "ema" (their moving average, when the run kept one) or "auto" (DEFAULT_WEIGHTS for the model, raw for
+    a run without an average). The model's `weights_used` attribute says which it holds.
     """
     from fastgen.models.networks import VAE, Generator
 
+    if weights not in ("auto", *WEIGHT_KINDS):
+        raise FastgenError(f"weights must be one of auto, raw, ema, got {weights!r}")
     tensors, metadata = read_weights(path)
     model, prefix = (Generator(kernels), "generator.") if metadata["model"] == "gan" else (VAE(kernels), "vae.")
-    state = {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
+    state, averaged = _state(tensors, prefix), _state(tensors, EMA_PREFIX + prefix)
+    kind = DEFAULT_WEIGHTS[metadata["model"]] if weights == "auto" else weights
+    if kind == "ema" and not averaged:
+        if weights == "ema":
+            raise FastgenError(f"{path} holds no moving-average weights (its run was trained with --ema 0); use raw weights")
+        kind = "raw"
+    if kind == "ema":
+        state.update(averaged)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise FastgenError(f"{path} does not match fastgen's {metadata['model']} architecture: {first}") from None
+    model.weights_used = kind
     return model.to(device).eval()

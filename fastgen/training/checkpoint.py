@@ -34,6 +34,8 @@ def trainer_tensors(trainer) -> dict[str, torch.Tensor]:
         for i, (m, v, s) in enumerate(zip(opt.exp_avgs, opt.exp_avg_sqs, opt.steps)):
             tensors[f"optim.{name}.{i}.exp_avg"], tensors[f"optim.{name}.{i}.exp_avg_sq"] = m, v
             tensors[f"optim.{name}.{i}.step"] = s
+    if trainer.ema is not None:
+        tensors.update(trainer.ema.tensors())
     for name, scaler in trainer.scalers.items():
         if scaler is not None:
             tensors[f"scaler.{name}.scale"], tensors[f"scaler.{name}.growth_tracker"] = scaler.scale, scaler.growth_tracker

@@ -196,9 +196,9 @@ def _finish_epoch(
 
 def _save_run_state(run: Run, progress: Progress, epoch: int, n_steps: int, sums: torch.Tensor, epoch_gen_state) -> None:
     """The weights file and the checkpoint as of this epoch's end."""
-    run.writer.save_weights(
-        {name: getattr(run.trainer, name) for name in run.trainer.modules}, run.config.model, run.config.to_dict()
-    )
+    modules = {name: getattr(run.trainer, name) for name in run.trainer.modules}
+    ema = run.trainer.ema.tensors() if run.trainer.ema is not None else None
+    run.writer.save_weights(modules, run.config.model, run.config.to_dict(), ema)
     if n_steps < progress.steps_per_epoch:  # stopped by --max-steps: a resume may finish this epoch
         _save_checkpoint(run, run_state.Position(epoch, n_steps, progress.step), sums, epoch_gen_state)
     else:

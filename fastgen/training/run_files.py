@@ -67,9 +67,9 @@ class RunWriter:
             save_image(images.float().clamp(0, 1).cpu(), str(path), nrow=8, padding=2)
         return path
 
-    def save_weights(self, modules: dict, model: str, config: dict) -> None:
+    def save_weights(self, modules: dict, model: str, config: dict, ema: dict | None = None) -> None:
         if self.enabled:
-            save_weights(self.out / WEIGHTS_FILE, modules, model, config)
+            save_weights(self.out / WEIGHTS_FILE, modules, model, config, ema)
 
     def plot_losses(self, names) -> Path | None:
         if not self.enabled:

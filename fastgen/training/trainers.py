@@ -14,6 +14,7 @@ from torch.func import functional_call
 from fastgen.data import DeviceSplit
 from fastgen.evaluation import likelihood
 from fastgen.models import VAE, Discriminator, Generator
+from fastgen.training.ema import EMA
 from fastgen.training.optim import DeviceLossScaler, StepAdam
 
 GRID_IMAGES = 64  # an 8x8 sample grid
@@ -30,6 +31,7 @@ class Trainer(Protocol):
     optimizers: dict[str, StepAdam]
     scalers: dict[str, DeviceLossScaler | None]
     reduce_grads: object  # None, or under torchrun the mean of the gradients over ranks
+    ema: EMA | None  # the moving average of the sampling network's weights (None: --ema 0)
 
     def step(self, batch: torch.Tensor) -> torch.Tensor: ...
     def train(self, mode: bool = True) -> None: ...
@@ -88,6 +90,7 @@ class GANTrainer:
         self.device = device
         self.reduce_grads = None
         self.grid_noise = _grid_noise(Generator.latent_dim, config.seed, device)
+        self.ema = EMA({"generator": self.generator}, config.ema) if config.ema else None  # D's average has no use
 
     def step(self, real: torch.Tensor) -> torch.Tensor:
         """real: (B, 784) in [-1, 1]. Returns (d_loss, g_loss, mean D(x), mean D(G(z))) on the device."""
@@ -108,6 +111,8 @@ class GANTrainer:
             d_frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
             g_loss = F.softplus(-functional_call(self.discriminator, d_frozen, (fake,)).float()).mean()
         apply_update(g_loss, self.g_params, self.opt_g, self.scaler_g, self.reduce_grads)
+        if self.ema is not None:
+            self.ema.update()
         return torch.stack(
             [
                 d_loss.detach(),
@@ -154,12 +159,15 @@ class VAETrainer:
         self.seed = config.seed
         self.test_split = test_split
         self.grid_noise = _grid_noise(VAE.latent_dim, config.seed, device)
+        self.ema = EMA({"vae": self.vae}, config.ema) if config.ema else None
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 784) in [0, 1]. Returns (loss, bce, kl) per image on the device."""
         with self.autocast():
             loss, bce, kl = self.vae.loss(x)
         apply_update(loss, self.params, self.opt, self.scaler, self.reduce_grads)
+        if self.ema is not None:
+            self.ema.update()
         return torch.stack([loss.detach(), bce, kl])
 
     def train(self, mode: bool = True) -> None:
