@@ -20,15 +20,16 @@ def test_update_matches_a_hand_computation():
     layer = torch.nn.Linear(3, 2)
     ema = EMA({"layer": layer}, decay=0.9)
     expected = [p.detach().clone().double() for p in layer.parameters()]
-    for step in range(5):
+    for step in range(30):
         with torch.no_grad():
             for p in layer.parameters():
-                p.add_(torch.randn_like(p) * (step + 1))
+                p.add_(torch.randn_like(p))
         ema.update()
-        expected = [0.9 * e + 0.1 * p.detach().double() for e, p in zip(expected, layer.parameters())]
+        decay = min(0.9, (1 + step) / (10 + step))  # the warm-up, then the decay asked for (from the 81st update)
+        expected = [decay * e + (1 - decay) * p.detach().double() for e, p in zip(expected, layer.parameters())]
     for shadow, want in zip(ema.shadows, expected):
         torch.testing.assert_close(shadow.double(), want, rtol=1e-6, atol=1e-6)
-    assert list(ema.tensors()) == ["ema.layer.weight", "ema.layer.bias"]
+    assert list(ema.tensors()) == ["ema.layer.weight", "ema.layer.bias", "ema.updates"] and ema.updates.item() == 30
 
 
 @pytest.mark.parametrize("trainer_class", [GANTrainer, VAETrainer])
@@ -36,6 +37,7 @@ def test_each_step_updates_the_average_of_the_sampling_network_only(trainer_clas
     torch.manual_seed(0)
     model = "gan" if trainer_class is GANTrainer else "vae"
     trainer = trainer_class(TrainConfig(model=model, ema=0.5).resolved(), torch.device("cpu"))
+    trainer.ema.updates.fill_(100)  # past the warm-up: the decay is 0.5
     network = trainer.generator if model == "gan" else trainer.vae
     assert len(trainer.ema.shadows) == len(list(network.parameters()))  # not the discriminator's
     before = [s.clone() for s in trainer.ema.shadows]
@@ -44,24 +46,20 @@ def test_each_step_updates_the_average_of_the_sampling_network_only(trainer_clas
         torch.testing.assert_close(new, 0.5 * old + 0.5 * p.detach())
 
 
-def test_compiled_step_updates_the_average_as_the_eager_step_does():
+def test_compiled_step_updates_the_average_inside_its_graph():
     torch.manual_seed(0)
-    config = TrainConfig(model="vae", ema=0.9).resolved()
-    eager, compiled = VAETrainer(config, torch.device("cpu")), VAETrainer(config, torch.device("cpu"))
-    compiled.vae.load_state_dict(eager.vae.state_dict())
-    for s, t in zip(compiled.ema.shadows, eager.ema.shadows):
-        s.copy_(t)
+    trainer = VAETrainer(TrainConfig(model="vae", ema=0.9).resolved(), torch.device("cpu"))
+    expected = [p.detach().clone().double() for p in trainer.vae.parameters()]
     notices = []
-    step = CompiledStep(compiled.step, notices.append, cpu=True)
-    x = torch.rand(16, 784)
-    for _ in range(3):
-        torch.manual_seed(1)
-        eager.step(x)
-        torch.manual_seed(1)
-        step(x)
-    assert notices == [] and step.active  # fullgraph: the update is inside the graph
-    for s, t in zip(compiled.ema.shadows, eager.ema.shadows):
-        torch.testing.assert_close(s, t, rtol=1e-4, atol=1e-5)
+    step = CompiledStep(trainer.step, notices.append, cpu=True)
+    for t in range(3):
+        step(torch.rand(16, 784))
+        decay = min(0.9, (1 + t) / (10 + t))
+        expected = [decay * e + (1 - decay) * p.detach().double() for e, p in zip(expected, trainer.vae.parameters())]
+    assert notices == [] and step.active  # fullgraph: the update is in the compiled graph, no break
+    assert trainer.ema.updates.item() == 3
+    for shadow, want in zip(trainer.ema.shadows, expected):
+        torch.testing.assert_close(shadow.double(), want, rtol=1e-6, atol=1e-6)
 
 
 def _train(mnist, out, **overrides):

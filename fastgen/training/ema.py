@@ -2,8 +2,9 @@
 
 The average is a second set of tensors on the training device, updated after each optimizer step with
 one multi-tensor lerp: traceable by torch.compile(fullgraph=True), capturable in a CUDA graph, no host
-sync. It starts equal to the initial weights, without a warm-up correction: with the default decay the
-initial weights' share falls below 0.25% within 6,000 steps (10 VAE epochs, about 3 GAN epochs on MNIST).
+sync. It starts equal to the initial weights, with the usual warm-up: the t-th update uses
+min(decay, (1 + t) / (10 + t)), so a short run's average is not mostly its random initialisation
+(with decay 0.999 alone, 1,000 steps would leave 37% of it).
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ class EMA:
         self.names = [f"{EMA_PREFIX}{name}.{key}" for name, module in modules.items() for key, _ in module.named_parameters()]
         self.params = [p for module in modules.values() for p in module.parameters()]
         self.shadows = [p.detach().clone() for p in self.params]
+        self.updates = torch.zeros((), dtype=torch.float32, device=self.params[0].device)  # a tensor: no recompiles
 
     @torch.no_grad()
     def update(self) -> None:
-        torch._foreach_lerp_(self.shadows, [p.detach() for p in self.params], 1.0 - self.decay)
+        decay = torch.clamp((1 + self.updates) / (10 + self.updates), max=self.decay)
+        self.updates += 1
+        torch._foreach_lerp_(self.shadows, [p.detach() for p in self.params], [1 - decay] * len(self.shadows))
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """The averaged parameters by their file names (the tensors themselves: a checkpoint restores into them)."""
-        return dict(zip(self.names, self.shadows))
+        """The averaged parameters by their file names, and the update count (the tensors themselves: a
+        checkpoint restores into them)."""
+        return {**dict(zip(self.names, self.shadows)), f"{EMA_PREFIX}updates": self.updates}
