@@ -209,18 +209,25 @@ def test_compare_quick_end_to_end_then_reuses_its_runs(tmp_path, mnist, evaluato
     report = (out / "report.md").read_text()
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["epochs"] == [10, 50] and results["config"]["quick"] is True
+    assert results["seeds"] == [0, 1] and results["config"]["draws"] == 2
     for model in ("gan", "vae"):
-        scores = results["models"][model]["scores"]
-        assert set(scores) == {"10", "50"}
-        assert all(math.isfinite(scores[e][k]) for e in scores for k in ("frechet_distance", "recall"))
-        assert len(results["models"][model]["metrics"]) == 50
+        for kind in ("raw", "ema"):
+            scores = results["models"][model]["scores"][kind]
+            assert set(scores) == {"10", "50"} and all(set(scores[e]) == {"0", "1"} for e in scores)
+            assert all(scores[e][s]["weights"] == kind for e in scores for s in scores[e])
+            assert all(math.isfinite(scores[e][s][k]) for e in scores for s in scores[e] for k in ("frechet_distance", "recall"))
+            assert all(results["models"][model]["sampling"][kind][e]["frechet_distance"] > 0 for e in ("10", "50"))
+        assert all(len(r["metrics"]) == 50 for r in results["models"][model]["runs"].values())
         assert f"| {model.upper()} epoch 50 |" in report
-    assert results["models"]["vae"]["scores"]["50"]["test_loss"] < results["models"]["vae"]["scores"]["10"]["test_loss"]
+        seeds = results["models"][model]["scores"]["raw"]["10"]
+        assert seeds["0"]["frechet_distance"] != seeds["1"]["frechet_distance"]  # two seeds, two trainings
+    vae = results["models"]["vae"]["scores"]["raw"]
+    assert all(vae["50"][s]["test_loss"] < vae["10"][s]["test_loss"] for s in ("0", "1"))
     for name in ("figures/metrics.png", "figures/losses.png", "figures/samples_epoch_0010.png", "figures/samples_epoch_0050.png"):
         assert f"]({name})" in report and (out / name).stat().st_size > 1000
-    assert "## Conclusion" in report and "do not quote" in report
+    assert "## Conclusion" in report and "do not quote" in report and "with 2 seeds" in report
 
-    checkpoint = out / "runs" / "gan" / "checkpoint.safetensors"
+    checkpoint = out / "runs" / "gan" / "seed_1" / "checkpoint.safetensors"
     stamp = checkpoint.stat().st_mtime_ns
     again = run_cli("fastgen.compare", *args, cwd=tmp_path, cache=evaluator_cache)
     assert again.returncode == 0 and "training the" not in again.stderr

@@ -1,5 +1,6 @@
-"""`python -m fastgen.compare [--epochs 10 50 200] [--quick]`: train and score the GAN and the VAE at the
-paper's checkpoints and write OUT/report.md. Runs already in OUT are continued and reused."""
+"""`python -m fastgen.compare [--epochs 10 50 200] [--seeds 3] [--quick]`: train the GAN and the VAE with
+several seeds, score them at the paper's checkpoints, and write OUT/report.md (means, spreads, and a
+winner only where the seeds support one). Runs already in OUT are continued and reused."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from fastgen.cli.common import (
     add_data_flags,
     add_device_flag,
     config_arguments,
+    int_at_least,
     non_negative_int,
+    positive_float,
     positive_int,
     run,
 )
-from fastgen.config import DATASETS
+from fastgen.config import DATASETS, EMA_DECAY
 
 
 def build_parser() -> Parser:
@@ -25,7 +28,14 @@ def build_parser() -> Parser:
     parser.add_argument("--n", type=positive_int, help="generated samples scored per checkpoint (default 10000)")
     parser.add_argument("--iwae-k", type=positive_int, help="VAE importance samples per test image (default 100)")
     parser.add_argument("--train-images", type=positive_int, help="train on the first N training images only")
-    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="the first training seed (default 0)")
+    parser.add_argument("--seeds", type=positive_int, help="training seeds per model: SEED, SEED+1, ... (default 3; quick 2)")
+    parser.add_argument(
+        "--draws", type=int_at_least(2), help="draws of n samples measuring each score's sampling error (default 5; quick 2)"
+    )
+    parser.add_argument(
+        "--ema", type=positive_float, default=EMA_DECAY, help=f"the runs' weight-average decay (default {EMA_DECAY})"
+    )
     parser.add_argument("--dataset", choices=tuple(DATASETS), default="mnist")
     add_device_flag(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -1,5 +1,8 @@
 """report.md and its figures from a GAN-vs-VAE comparison's results: a pure function of the results dict and
-the sample images `runs` drew; it trains, loads and samples nothing itself."""
+the sample images `runs` drew; it trains, loads and samples nothing itself.
+
+Every number is over the training seeds in results["seeds"]: scores per model, weights kind ("raw", "ema"),
+epoch and seed; the statistics come from `fastgen.comparison.stats`."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from fastgen.comparison.stats import ALPHA, ema_effect, summary, winner
 from fastgen.config import MODELS
 from fastgen.evaluation.scoring import HIGHER_IS_BETTER, SCORE_NAMES
 from fastgen.files import atomic_write_text
@@ -22,6 +26,41 @@ LABELS = {
     "precision": "precision",
     "recall": "recall",
 }
+KINDS = {"raw": "raw", "ema": "EMA"}  # weights kind -> how the report names it
+COLORS = {"gan": "tab:blue", "vae": "tab:orange"}
+LOSSES = {"gan": ("d_loss", "g_loss"), "vae": ("loss", "test_loss")}
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+
+
+def _values(results: dict, model: str, kind: str, epoch: int, key: str) -> list[float]:
+    """`key` of `model`'s `kind` weights at `epoch`, one value per training seed, in results["seeds"] order."""
+    by_seed = results["models"][model]["scores"][kind][epoch]
+    return [by_seed[seed][key] for seed in results["seeds"]]
+
+
+def _headline(results: dict, model: str, epoch: int, key: str) -> list[float]:
+    return _values(results, model, results["weights"][model], epoch, key)
+
+
+def _pm(values: list[float], fmt=_fmt) -> str:
+    """mean ± sample sd over seeds; the value alone for one seed."""
+    s = summary(values)
+    return fmt(s["mean"]) if s["sd"] is None else f"{fmt(s['mean'])} ± {fmt(s['sd'])}"
+
+
+def _has_ema(results: dict) -> bool:
+    return all(set(KINDS) <= set(results["models"][m]["scores"]) for m in MODELS)
 
 
 def _grid_figure(out: Path, samples: dict[str, torch.Tensor], epoch: int) -> str:
@@ -40,14 +79,26 @@ def _grid_figure(out: Path, samples: dict[str, torch.Tensor], epoch: int) -> str
     return name
 
 
+def _loss_curve(results: dict, model: str, name: str) -> tuple[list[int], list[dict]]:
+    """Epochs and, per epoch, the summary over the seeds whose metrics.jsonl has `name` there."""
+    by_epoch: dict[int, list[float]] = {}
+    for seed in results["seeds"]:
+        for row in results["models"][model]["runs"][seed]["metrics"]:
+            if row.get(name) is not None:
+                by_epoch.setdefault(row["epoch"], []).append(row[name])
+    epochs = sorted(by_epoch)
+    return epochs, [summary(by_epoch[e]) for e in epochs]
+
+
 def _loss_figure(out: Path, results: dict) -> str:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
-    for ax, model, names in zip(axes, MODELS, (("d_loss", "g_loss"), ("loss", "test_loss"))):
-        rows = results["models"][model]["metrics"]
-        for name in names:
-            ax.plot([r["epoch"] for r in rows], [r[name] for r in rows], label=name)
-        ax.set_title(model.upper())
+    for ax, model in zip(axes, MODELS):
+        for name in LOSSES[model]:
+            epochs, stats = _loss_curve(results, model, name)
+            (line,) = ax.plot(epochs, [s["mean"] for s in stats], label=name)
+            ax.fill_between(epochs, [s["min"] for s in stats], [s["max"] for s in stats], color=line.get_color(), alpha=0.2)
+        ax.set_title(f"{model.upper()} ({_seeds(len(results['seeds']))}: mean, min-max band)")
         ax.set_xlabel("epoch")
         ax.set_ylabel("nats per image" if model == "vae" else "BCE")
         ax.grid(alpha=0.3)
@@ -58,14 +109,31 @@ def _loss_figure(out: Path, results: dict) -> str:
     return "figures/losses.png"
 
 
-def _metrics_figure(out: Path, results: dict, epochs) -> str:
+def _plot_metric(ax, results: dict, name: str, epochs: list[int]) -> None:
+    """Per model: mean over seeds, solid with a min-max band for the headline weights, dashed for the other."""
+    for model in MODELS:
+        default = results["weights"][model]
+        for kind in sorted(results["models"][model]["scores"], key=lambda k: k != default):
+            stats = [summary(_values(results, model, kind, e, name)) for e in epochs]
+            solid = kind == default
+            ax.plot(
+                epochs,
+                [s["mean"] for s in stats],
+                color=COLORS[model],
+                linestyle="-" if solid else "--",
+                marker="o" if solid else None,
+                label=f"{model.upper()} {KINDS[kind]}",
+            )
+            if solid:
+                ax.fill_between(epochs, [s["min"] for s in stats], [s["max"] for s in stats], color=COLORS[model], alpha=0.2)
+    ax.axhline(results["reference"]["train_split"][name], color="gray", linestyle=":", label="training split")
+
+
+def _metrics_figure(out: Path, results: dict, epochs: list[int]) -> str:
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(SCORE_NAMES), figsize=(3.2 * len(SCORE_NAMES), 3.2), dpi=100)
+    fig, axes = plt.subplots(1, len(SCORE_NAMES), figsize=(3.2 * len(SCORE_NAMES), 3.4), dpi=100)
     for ax, name in zip(axes, SCORE_NAMES):
-        for model in MODELS:
-            scores = results["models"][model]["scores"]
-            ax.plot(epochs, [scores[e][name] for e in epochs], marker="o", label=model.upper())
-        ax.axhline(results["reference"]["train_split"][name], color="gray", linestyle="--", label="training split")
+        _plot_metric(ax, results, name, epochs)
         if name == "frechet_distance":
             ax.set_yscale("log")
         ax.set_xscale("log")
@@ -74,119 +142,197 @@ def _metrics_figure(out: Path, results: dict, epochs) -> str:
         ax.set_title(LABELS[name] + (" (higher better)" if HIGHER_IS_BETTER[name] else " (lower better)"), fontsize=9)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "figures/metrics.png")
     plt.close(fig)
     return "figures/metrics.png"
 
 
-def winners(results: dict, epoch: int) -> dict[str, str]:
-    """metric -> 'gan', 'vae' or 'tie' at `epoch`, from the scores."""
-    won = {}
-    for name in SCORE_NAMES:
-        gan, vae = (results["models"][m]["scores"][epoch][name] for m in MODELS)
-        if gan == vae:
-            won[name] = "tie"
-        else:
-            won[name] = "gan" if (gan > vae) == HIGHER_IS_BETTER[name] else "vae"
-    return won
+def _score_table(results: dict, epochs: list[int]) -> list[str]:
+    head = "| | weights | " + " | ".join(LABELS[n] for n in SCORE_NAMES) + " | test loss | IWAE NLL |"
+    rows = [head, "|---" * (len(SCORE_NAMES) + 4) + "|"]
+    for epoch in epochs:
+        for model in MODELS:
+            cells = [_pm(_headline(results, model, epoch, n)) for n in SCORE_NAMES]
+            has = results["models"][model]["scores"][results["weights"][model]][epoch][results["seeds"][0]]
+            cells += [
+                _pm(_headline(results, model, epoch, k), "{:.2f}".format) if k in has else "" for k in ("test_loss", "iwae_nll")
+            ]
+            rows.append(f"| {model.upper()} epoch {epoch} | {KINDS[results['weights'][model]]} | " + " | ".join(cells) + " |")
+    for name, scores in results["reference"].items():
+        rows.append(f"| *{name.replace('_', ' ')}* | | " + " | ".join(_fmt(scores[n]) for n in SCORE_NAMES) + " | | |")
+    return rows
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+def _spreads(results: dict, model: str, epoch: int, name: str) -> tuple[float | None, float | None]:
+    """(sd over training seeds, sampling sd at n) of the headline weights' `name` at `epoch`."""
+    kind = results["weights"][model]
+    return summary(_headline(results, model, epoch, name))["sd"], results["models"][model]["sampling"][kind][epoch].get(name)
 
 
-def _conclusion(results: dict, epochs) -> list[str]:
-    last = epochs[-1]
-    won_at = {e: winners(results, e) for e in epochs}
-    won = won_at[last]
-    lines = []
-    for model in MODELS:
-        names = [LABELS[n] for n in SCORE_NAMES if won[n] == model]
-        lines.append(f"- At epoch {last} the **{model.upper()}** is better on {', '.join(names) if names else 'no metric'}.")
-    changed = [f"{LABELS[n]} ({e}: {won_at[e][n].upper()})" for e in epochs[:-1] for n in SCORE_NAMES if won_at[e][n] != won[n]]
-    if changed:
-        lines.append(f"- Earlier checkpoints differ on: {'; '.join(changed)}.")
+def _sampling_table(results: dict, epochs: list[int]) -> list[str]:
+    rows = ["| | " + " | ".join(LABELS[n] for n in SCORE_NAMES) + " |", "|---" * (len(SCORE_NAMES) + 1) + "|"]
+    for epoch in epochs:
+        for model in MODELS:
+            cells = [" / ".join("n/a" if v is None else _fmt(v) for v in _spreads(results, model, epoch, n)) for n in SCORE_NAMES]
+            rows.append(f"| {model.upper()} epoch {epoch} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _dominance(results: dict, model: str, epochs: list[int]) -> str:
+    """Which of the spread over seeds and the sampling error is larger, counted over the metric-epochs."""
+    pairs = [_spreads(results, model, e, n) for e in epochs for n in SCORE_NAMES]
+    pairs = [(seeds, sampling) for seeds, sampling in pairs if seeds is not None and sampling is not None]
+    if not pairs:
+        n_seeds = _seeds(len(results["seeds"]))
+        return f"- {model.upper()}: with {n_seeds} there is no spread over seeds to set against the sampling error."
+    larger = sum(seeds > sampling for seeds, sampling in pairs)
+    if 2 * larger > len(pairs):
+        verdict = "the spread over training seeds dominates: another seed moves the scores more than re-drawing the samples does"
+    elif 2 * larger < len(pairs):
+        verdict = "the sampling error at n dominates: the seeds differ by no more than re-drawing the samples alone does"
     else:
-        lines.append("- The same model leads on each metric at every checkpoint.")
+        verdict = "neither dominates consistently"
+    return f"- {model.upper()}: the sd over seeds is the larger on {larger} of {len(pairs)} metric-epochs; {verdict}."
+
+
+def _verdict_cell(verdict: tuple[str | None, float | None], n_seeds: int) -> str:
+    won, p = verdict
+    if won is not None:
+        return f"**{won.upper()}** ({_p(p)})"
+    return f"not distinguishable with {_seeds(n_seeds)}" + ("" if p is None else f" ({_p(p)})")
+
+
+def _conclusion(results: dict, epochs: list[int]) -> list[str]:
+    n_seeds, last = len(results["seeds"]), epochs[-1]
+    won_at = {
+        e: {n: winner(_headline(results, "gan", e, n), _headline(results, "vae", e, n), HIGHER_IS_BETTER[n]) for n in SCORE_NAMES}
+        for e in epochs
+    }
+    lines = ["| epoch | " + " | ".join(LABELS[n] for n in SCORE_NAMES) + " |", "|---" * (len(SCORE_NAMES) + 1) + "|"]
+    lines += [f"| {e} | " + " | ".join(_verdict_cell(won_at[e][n], n_seeds) for n in SCORE_NAMES) + " |" for e in epochs]
+    lines.append("")
     for model in MODELS:
-        scores = results["models"][model]["scores"]
-        first, final = scores[epochs[0]]["frechet_distance"], scores[last]["frechet_distance"]
-        lines.append(
-            f"- {model.upper()} Fréchet distance from epoch {epochs[0]} to {last}: "
-            f"{_fmt(first)} -> {_fmt(final)} (training split vs test split: "
-            f"{_fmt(results['reference']['train_split']['frechet_distance'])})."
-        )
-    real, noise = results["reference"]["train_split"], results["reference"]["uniform_noise"]
-    gan_first = results["models"]["gan"]["scores"][epochs[0]]["frechet_distance"]
+        names = [LABELS[n] for n in SCORE_NAMES if won_at[last][n][0] == model]
+        lines.append(f"- At epoch {last} the **{model.upper()}** is better on {', '.join(names) if names else 'no metric'}.")
+    tied = [LABELS[n] for n in SCORE_NAMES if won_at[last][n][0] is None]
+    if tied:
+        lines.append(f"- At epoch {last}, not distinguishable with {_seeds(n_seeds)}: {', '.join(tied)}.")
+    changed = [
+        f"{LABELS[n]} ({e}: {(won_at[e][n][0] or 'neither').upper()})"
+        for e in epochs[:-1]
+        for n in SCORE_NAMES
+        if won_at[e][n][0] != won_at[last][n][0]
+    ]
     lines.append(
-        f"- The training split is {gan_first / max(real['frechet_distance'], 1e-12):,.0f}x closer to the test "
-        f"split (Fréchet distance) than the GAN at epoch {epochs[0]}."
+        f"- Earlier checkpoints differ on: {'; '.join(changed)}." if changed else "- Every checkpoint gives the same verdicts."
     )
-    all_scores = [s for m in MODELS for s in results["models"][m]["scores"].values()]
-    beaten = all(noise["frechet_distance"] > s["frechet_distance"] for s in all_scores)
+    return lines + _facts(results, epochs)
+
+
+def _facts(results: dict, epochs: list[int]) -> list[str]:
+    """The factual lines under the verdicts, from means over seeds of the headline weights."""
+    first, last = epochs[0], epochs[-1]
+    real, noise = results["reference"]["train_split"], results["reference"]["uniform_noise"]
+    mean = {(m, e): summary(_headline(results, m, e, "frechet_distance"))["mean"] for m in MODELS for e in epochs}
+    lines = [
+        f"- {m.upper()} Fréchet distance (mean over seeds) from epoch {first} to {last}: {_fmt(mean[m, first])} -> "
+        f"{_fmt(mean[m, last])} (training split vs test split: {_fmt(real['frechet_distance'])})."
+        for m in MODELS
+    ]
+    lines.append(
+        f"- The training split is {mean['gan', first] / max(real['frechet_distance'], 1e-12):,.0f}x closer to the test "
+        f"split (Fréchet distance) than the GAN at epoch {first} (mean over seeds)."
+    )
+    every = [v for m in MODELS for e in epochs for v in _headline(results, m, e, "frechet_distance")]
+    beaten = all(noise["frechet_distance"] > v for v in every)
     lines.append(
         f"- Uniform noise (Fréchet distance {_fmt(noise['frechet_distance'])}) is "
-        f"{'farther than every' if beaten else 'NOT farther than every'} checkpoint of both models."
+        f"{'farther than every' if beaten else 'NOT farther than every'} checkpoint and seed of both models."
     )
-    vae = results["models"]["vae"]["scores"][last]
-    lines.append(
-        f"- VAE at epoch {last}: test loss {vae['test_loss']:.2f} nats per image, "
-        f"IWAE NLL (k={vae['iwae_k']}) {vae['iwae_nll']:.2f}."
-    )
+    loss, nll = (summary(_headline(results, "vae", last, k))["mean"] for k in ("test_loss", "iwae_nll"))
+    k = results["models"]["vae"]["scores"][results["weights"]["vae"]][last][results["seeds"][0]]["iwae_k"]
+    lines.append(f"- VAE at epoch {last} (means over seeds): test loss {loss:.2f} nats per image, IWAE NLL (k={k}) {nll:.2f}.")
     return lines
+
+
+def _effects(results: dict, model: str, epoch: int) -> dict[str, dict]:
+    return {
+        n: ema_effect(_values(results, model, "raw", epoch, n), _values(results, model, "ema", epoch, n), HIGHER_IS_BETTER[n])
+        for n in SCORE_NAMES
+    }
+
+
+def _effect_cell(effect: dict) -> str:
+    signed = ("+" if effect["mean_difference"] > 0 else "") + _fmt(effect["mean_difference"])
+    return f"{signed}, {effect['verdict']}" + ("" if effect["p"] is None else f" ({_p(effect['p'])})")
+
+
+def _ema_section(results: dict, epochs: list[int]) -> list[str]:
+    n_seeds = len(results["seeds"])
+    lines = [
+        "## EMA of the weights",
+        "",
+        f"Each cell: the mean over the {_seeds(n_seeds)} (training seeds) of (EMA score - raw score), both from the "
+        f"same training run, and the verdict of a two-sided paired t-test over seeds at α = {ALPHA}: *helps* when "
+        "significant and in the metric's better direction, *hurts* when significant the other way, otherwise "
+        "*no detectable effect*.",
+        "",
+        "| | " + " | ".join(LABELS[n] for n in SCORE_NAMES) + " |",
+        "|---" * (len(SCORE_NAMES) + 1) + "|",
+    ]
+    verdicts = {m: [] for m in MODELS}
+    for epoch in epochs:
+        for model in MODELS:
+            effects = _effects(results, model, epoch)
+            verdicts[model] += [e["verdict"] for e in effects.values()]
+            lines.append(f"| {model.upper()} epoch {epoch} | " + " | ".join(_effect_cell(effects[n]) for n in SCORE_NAMES) + " |")
+    lines.append("")
+    for model in MODELS:
+        helps, hurts, total = verdicts[model].count("helps"), verdicts[model].count("hurts"), len(verdicts[model])
+        if n_seeds < 2:
+            favour = f"with {_seeds(n_seeds)} the paired test cannot run: no verdict on the EMA"
+        else:
+            favour = "the numbers favour the " + ("EMA" if helps > hurts else "raw" if hurts > helps else "neither") + " weights"
+        lines.append(
+            f"- {model.upper()}: EMA helps on {helps} of {total} metric-epochs and hurts on {hurts}; {favour} "
+            f"(the headline rows use the {KINDS[results['weights'][model]]} weights)."
+        )
+    return lines + [""]
 
 
 def _timing_rows(results: dict) -> list[str]:
     rows = [
-        "| model | epochs | median s/epoch | first epoch s | training s (sum of epochs) | median images/s |",
-        "|---|---|---|---|---|---|",
+        "| model | seeds | epochs per seed | median s/epoch | first epoch s (median over seeds) "
+        "| training s (sum over seeds) | median images/s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for model in MODELS:
-        metrics = results["models"][model]["metrics"]
-        times = [r["epoch_s"] for r in metrics]
+        runs = [results["models"][model]["runs"][seed]["metrics"] for seed in results["seeds"]]
+        times = [r["epoch_s"] for rows_ in runs for r in rows_]
+        counts = sorted({len(rows_) for rows_ in runs})
         rows.append(
-            f"| {model.upper()} | {len(metrics)} | {statistics.median(times):.2f} | {times[0]:.2f} | "
-            f"{sum(times):,.0f} | {statistics.median(r['samples_per_s'] for r in metrics):,.0f} |"
+            f"| {model.upper()} | {len(runs)} | {'-'.join(map(str, counts))} | {statistics.median(times):.2f} | "
+            f"{statistics.median(rows_[0]['epoch_s'] for rows_ in runs):.2f} | {sum(times):,.0f} | "
+            f"{statistics.median(r['samples_per_s'] for rows_ in runs for r in rows_):,.0f} |"
         )
     return rows
 
 
-def _score_table(results: dict, epochs) -> list[str]:
-    head = "| | " + " | ".join(LABELS[n] for n in SCORE_NAMES) + " | test loss | IWAE NLL |"
-    rows = [head, "|---" * (len(SCORE_NAMES) + 3) + "|"]
-    for epoch in epochs:
-        for model in MODELS:
-            s = results["models"][model]["scores"][epoch]
-            extra = [f"{s[k]:.2f}" if k in s else "" for k in ("test_loss", "iwae_nll")]
-            rows.append(
-                f"| {model.upper()} epoch {epoch} | "
-                + " | ".join(_fmt(s[n]) for n in SCORE_NAMES)
-                + " | "
-                + " | ".join(extra)
-                + " |"
-            )
-    for name, scores in results["reference"].items():
-        rows.append(f"| *{name.replace('_', ' ')}* | " + " | ".join(_fmt(scores[n]) for n in SCORE_NAMES) + " | | |")
-    return rows
-
-
-def write_report(out: Path, results: dict, samples: dict[int, dict[str, torch.Tensor]]) -> Path:
-    """OUT/report.md and OUT/figures/ from `results` (results.json's contents) and `samples`: per epoch,
-    per model, images in [0, 1] drawn from the same latents at every epoch."""
-    out = Path(out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    config = results["config"]
-    epochs = list(config["epochs"])
-    grids = [_grid_figure(out, samples[e], e) for e in epochs]
+def _header(results: dict, epochs: list[int]) -> list[str]:
+    config, seeds = results["config"], results["seeds"]
+    weights = " and ".join(f"the {m.upper()}'s {KINDS[results['weights'][m]]}" for m in MODELS)
+    ema = f"EMA of the weights with decay {config['ema']}" if config.get("ema") else "no EMA of the weights"
     lines = [
         "# GAN vs VAE on " + config["dataset"].upper(),
         "",
         f"Produced by `python -m fastgen.compare{' --quick' if config['quick'] else ''}` (fastgen {__version__}) on "
         f"{results['device']}, {time.strftime('%Y-%m-%d')}. Checkpoints at epochs {', '.join(map(str, epochs))}; "
         f"{config['n']:,} generated samples scored per checkpoint against the {config['dataset']} test split; "
-        f"training images: {config['train_images'] or 'all'}; seed {config['seed']}.",
+        f"training images: {config['train_images'] or 'all'}; seeds {', '.join(map(str, seeds))} "
+        f"({len(seeds)} per model); {ema}. Headline rows and the conclusion use {weights} weights "
+        "(fastgen's default per model).",
     ]
     if config["quick"]:
         lines += [
@@ -194,8 +340,19 @@ def write_report(out: Path, results: dict, samples: dict[int, dict[str, torch.Te
             "**This is a `--quick` smoke run** (a slice of the training split, few samples): it checks the "
             "pipeline end to end; do not quote its numbers.",
         ]
-    lines += [
-        "",
+    return lines
+
+
+def _scores_section(results: dict, epochs: list[int]) -> list[str]:
+    n_seeds, draws = len(results["seeds"]), results["models"]["gan"]["sampling"][results["weights"]["gan"]][epochs[0]]["draws"]
+    spread = (
+        f"Each cell is the mean ± the sample standard deviation (ddof 1) over the {n_seeds} training seeds, each trained "
+        "and scored on its own: the standard deviation rather than the standard error of the mean, because it is the "
+        "spread a reader who retrains with a new seed should expect."
+        if n_seeds > 1
+        else "One training seed: each cell is that run's score, with no spread over seeds to show."
+    )
+    return [
         "## Scores",
         "",
         "Fréchet distance, precision and recall are computed in the 128-d penultimate features of fastgen's own "
@@ -206,15 +363,51 @@ def write_report(out: Path, results: dict, samples: dict[int, dict[str, torch.Te
         "k=3 nearest-neighbour radii (Kynkäänniemi et al., 2019). The italic rows set the scale: training-split "
         "images scored as if generated (about the best possible) and uniform noise.",
         "",
+        spread,
+        "",
         *_score_table(results, epochs),
         "",
         "![metrics over epochs](figures/metrics.png)",
         "",
+        "Lines: means over the training seeds; the shaded band spans the minimum to the maximum over seeds (headline "
+        "weights only). Solid: the headline weights; dashed: the model's other weights; dotted: the training split.",
+        "",
+        "### Sampling error vs spread over seeds",
+        "",
+        f"Each cell (headline weights): sd over the training seeds / sampling sd at n = {results['config']['n']:,}, "
+        f"the latter over {draws} independent re-draws of n samples from seed {results['seeds'][0]}'s snapshot (the "
+        "metric's own measurement error). The spread over seeds includes that sampling error, since each seed is "
+        "scored on its own samples.",
+        "",
+        *_sampling_table(results, epochs),
+        "",
+        *[_dominance(results, m, epochs) for m in MODELS],
+    ]
+
+
+def write_report(out: Path, results: dict, samples: dict[int, dict[str, torch.Tensor]]) -> Path:
+    """OUT/report.md and OUT/figures/ from `results` (see runs.py for its layout) and `samples`: per epoch,
+    per model, images in [0, 1] drawn from the same latents at every epoch."""
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    epochs = list(results["config"]["epochs"])
+    grids = [_grid_figure(out, samples[e], e) for e in epochs]
+    _metrics_figure(out, results, epochs)
+    lines = [
+        *_header(results, epochs),
+        "",
+        *_scores_section(results, epochs),
+        "",
         "## Conclusion (from the numbers above)",
+        "",
+        f"A model wins a metric at an epoch only when Welch's two-sided t-test (unequal variances) over the training "
+        f"seeds rejects equal means at α = {ALPHA}; otherwise the cell says *not distinguishable with "
+        f"{_seeds(len(results['seeds']))}*. Fewer than 2 seeds per model leave nothing to test.",
         "",
         *_conclusion(results, epochs),
         "",
-        "## Samples (same latent draws at every epoch)",
+        *(_ema_section(results, epochs) if _has_ema(results) else []),
+        f"## Samples (same latent draws at every epoch; seed {results['seeds'][0]}, headline weights)",
         "",
         *[f"![samples at epoch {e}]({g})" for e, g in zip(epochs, grids)],
         "",
@@ -222,15 +415,17 @@ def write_report(out: Path, results: dict, samples: dict[int, dict[str, torch.Te
         "",
         f"![loss curves]({_loss_figure(out, results)})",
         "",
+        f"Means over the {_seeds(len(results['seeds']))} (training seeds); the shaded band spans the minimum to the maximum "
+        "over seeds.",
+        "",
         "## Training time",
         "",
         *_timing_rows(results),
         "",
-        f"Epoch times are from each run's `metrics.jsonl` (the first epoch includes compilation). "
+        "Epoch times are from each run's `metrics.jsonl` (the first epoch includes compilation). "
         f"This command took {results['compare_s'] / 60:.1f} min, including any training it had to do.",
         "",
     ]
-    _metrics_figure(out, results, epochs)
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path

@@ -1,39 +1,46 @@
-"""`compare(config)`: the paper's GAN-vs-VAE comparison, measured. Trains both models (or continues and
-reuses runs already in the output folder) to each checkpoint epoch, keeps a weights snapshot there,
-scores every snapshot, and writes report.md with figures.
+"""`compare(config)`: the paper's GAN-vs-VAE comparison, measured over several training seeds. Trains
+both models with each seed (or continues and reuses runs already in the output folder) to each
+checkpoint epoch, keeps a weights snapshot there (raw and moving-average weights), scores every
+snapshot with both, measures the scores' own sampling error on the first seed's snapshots, and writes
+report.md with figures.
 
 Layout of the output folder:
-    runs/<model>/                          an ordinary fastgen run (resumable)
-    runs/<model>/snapshots/epoch_NNNN.safetensors (+ .eval.json)
-    reference.json, report.md, figures/
+    runs/<model>/seed_<S>/                 an ordinary fastgen run (resumable)
+    runs/<model>/seed_<S>/snapshots/epoch_NNNN.safetensors
+        (+ epoch_NNNN.<raw|ema>.eval.json, and for the first seed epoch_NNNN.<raw|ema>.draws.json)
+    results.json, report.md, figures/
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fastgen.comparison.report import write_report
-from fastgen.config import MODELS, TrainConfig
+from fastgen.config import EMA_DECAY, MODELS, TrainConfig
 from fastgen.environment import device_name, resolve_device
 from fastgen.errors import FastgenError, Interrupted
 from fastgen.evaluation.classifier import load_evaluator
-from fastgen.evaluation.scoring import eval_path, evaluate, reference_scores
+from fastgen.evaluation.scoring import SCORE_NAMES, evaluate, reference_scores, score_images
 from fastgen.files import atomic_write, atomic_write_text
-from fastgen.models.weights import WEIGHTS_FILE, load
+from fastgen.models.weights import DEFAULT_WEIGHTS, WEIGHT_KINDS, WEIGHTS_FILE, load
 from fastgen.training import checkpoint as run_state
 from fastgen.training import train
 from fastgen.training.distributed import launched_by_torchrun
 
 GRID_SEED = 1234  # the same latent draws at every epoch, so the grids show one generator improving
 # --quick: a smoke test of the whole pipeline (minutes on a CPU), not a result to quote.
-QUICK = {"epochs": (10, 50), "train_images": 1024, "n": 1000, "iwae_k": 10}
-FULL = {"epochs": (10, 50, 200), "train_images": None, "n": 10_000, "iwae_k": 100}
-REUSE_KEYS = ("dataset", "seed", "train_images")  # settings a reused run must share with this comparison
+QUICK = {"epochs": (10, 50), "train_images": 1024, "n": 1000, "iwae_k": 10, "seeds": 2, "draws": 2}
+# Three seeds: the fewest from which a spread and Welch's test mean anything; five independent draws of n
+# samples measure a score's own sampling error at n.
+FULL = {"epochs": (10, 50, 200), "train_images": None, "n": 10_000, "iwae_k": 100, "seeds": 3, "draws": 5}
+REUSE_KEYS = ("dataset", "seed", "train_images", "ema")  # settings a reused run must share with this comparison
+DRAW_SEED = 10_000  # the sampling-error draws use seeds DRAW_SEED + i, never the scoring seed
 
 
 @dataclass
@@ -44,7 +51,10 @@ class CompareConfig:
     n: int | None = None  # generated samples scored per checkpoint; None: 10000 (quick: 1000)
     iwae_k: int | None = None  # None: 100 (quick: 10)
     train_images: int | None = None  # None: the whole training split (quick: 1024)
-    seed: int = 0
+    seed: int = 0  # the first training seed; the others follow it (seed, seed + 1, ...)
+    seeds: int | None = None  # training seeds per model; None: 3 (quick: 2)
+    draws: int | None = None  # independent draws of n samples measuring a score's sampling error; None: 5 (quick: 2)
+    ema: float = EMA_DECAY  # the runs' moving-average decay (both raw and averaged weights are scored)
     dataset: str = "mnist"
     device: str = "auto"
     data_dir: str | None = None
@@ -59,7 +69,16 @@ class CompareConfig:
         values["epochs"] = tuple(sorted(set(values["epochs"])))
         if not values["epochs"] or any(isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in values["epochs"]):
             raise FastgenError(f"--epochs must be positive integers, got {self.epochs}")
+        for key, minimum in (("seeds", 1), ("draws", 2)):
+            if isinstance(values[key], bool) or not isinstance(values[key], int) or values[key] < minimum:
+                raise FastgenError(f"--{key} must be an integer >= {minimum}, got {values[key]!r}")
+        if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0 < self.ema < 1:
+            raise FastgenError(f"--ema must be in (0, 1) for a comparison (it scores raw and averaged weights), got {self.ema!r}")
         return CompareConfig(**values)
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seed, self.seed + self.seeds))
 
 
 def _say(config: CompareConfig, message: str) -> None:
@@ -71,12 +90,16 @@ def snapshot_path(run_dir: Path, epoch: int) -> Path:
     return run_dir / "snapshots" / f"epoch_{epoch:04d}.safetensors"
 
 
-def _check_reusable(run_dir: Path, model: str, config: CompareConfig) -> None:
+def run_path(out: Path, model: str, seed: int) -> Path:
+    return out / "runs" / model / f"seed_{seed}"
+
+
+def _check_reusable(run_dir: Path, model: str, seed: int, config: CompareConfig) -> None:
     try:
         saved = json.loads((run_dir / "config.json").read_text())["config"]
     except (OSError, ValueError, KeyError):
         raise FastgenError(f"{run_dir} holds something that is not a readable fastgen run; choose another --out") from None
-    wanted = {"dataset": config.dataset, "seed": config.seed, "train_images": config.train_images}
+    wanted = {"dataset": config.dataset, "seed": seed, "train_images": config.train_images, "ema": config.ema}
     different = [f"{key} {saved.get(key)!r} (wanted {wanted[key]!r})" for key in REUSE_KEYS if saved.get(key) != wanted[key]]
     if saved.get("model") != model or different:
         raise FastgenError(
@@ -84,8 +107,8 @@ def _check_reusable(run_dir: Path, model: str, config: CompareConfig) -> None:
         )
 
 
-def _train_to(model: str, epoch: int, run_dir: Path, config: CompareConfig) -> Path:
-    """The weights snapshot of `model` at `epoch`, training or continuing the run to get there if needed."""
+def _train_to(model: str, seed: int, epoch: int, run_dir: Path, config: CompareConfig) -> Path:
+    """The weights snapshot of `model` (seed `seed`) at `epoch`, training or continuing its run to get there if needed."""
     snapshot = snapshot_path(run_dir, epoch)
     if snapshot.exists():
         return snapshot
@@ -95,25 +118,12 @@ def _train_to(model: str, epoch: int, run_dir: Path, config: CompareConfig) -> P
         done = position.epoch - 1
         if done > epoch or (done == epoch and position.step_in_epoch):
             raise FastgenError(f"{run_dir} is already past epoch {epoch} and kept no snapshot of it; choose another --out")
-    _say(config, f"training the {model} to epoch {epoch}" + (" (continuing its run)" if started else ""))
+    _say(config, f"training the {model} (seed {seed}) to epoch {epoch}" + (" (continuing its run)" if started else ""))
     common = dict(epochs=epoch, device=config.device, quiet=config.quiet)
+    new_run = dict(model=model, out=str(run_dir), overwrite=True, seed=seed, ema=config.ema, dataset=config.dataset)
+    new_run.update(data_dir=config.data_dir, download=config.download, train_images=config.train_images)
     try:
-        if started:
-            train(TrainConfig(resume=str(run_dir), **common))
-        else:
-            train(
-                TrainConfig(
-                    model=model,
-                    out=str(run_dir),
-                    overwrite=True,
-                    seed=config.seed,
-                    dataset=config.dataset,
-                    data_dir=config.data_dir,
-                    download=config.download,
-                    train_images=config.train_images,
-                    **common,
-                )
-            )
+        train(TrainConfig(resume=str(run_dir), **common) if started else TrainConfig(**new_run, **common))
     except Interrupted as exc:
         raise Interrupted(
             f"the {model} run was interrupted and checkpointed; run the same fastgen.compare command "
@@ -125,34 +135,44 @@ def _train_to(model: str, epoch: int, run_dir: Path, config: CompareConfig) -> P
     return snapshot
 
 
-def _scores(snapshot: Path, config: CompareConfig, evaluator) -> dict:
-    """The snapshot's scores, reusing its .eval.json when it was made with the same settings."""
-    path = eval_path(snapshot)
-    wanted = {"n": config.n, "seed": config.seed, "iwae_k": config.iwae_k}
+def _cached(path: Path, wanted: dict, evaluator, compute) -> dict:
+    """`compute()`'s result, saved at `path`; reused when saved with the same `wanted` settings and evaluator."""
     if path.exists():
         try:
             saved = json.loads(path.read_text())
-            if (
-                all(saved.get(k) == v for k, v in wanted.items() if k != "iwae_k" or saved["model"] == "vae")
-                and saved["evaluator"]["sha256"] == evaluator.sha256
-            ):
+            if all(saved.get(k) == v for k, v in wanted.items()) and saved["evaluator"]["sha256"] == evaluator.sha256:
                 return saved
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable: score again
-    result = evaluate(
-        snapshot,
-        config.n,
-        iwae_k=config.iwae_k,
-        seed=config.seed,
-        device=config.device,
-        dataset=config.dataset,
-        data_dir=config.data_dir,
-        download=config.download,
-        evaluator=evaluator,
-        reference=False,
-    )
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable: compute again
+    result = {**compute(), **wanted, "evaluator": {"test_accuracy": evaluator.accuracy, "sha256": evaluator.sha256}}
     atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
+
+
+def _scores(snapshot: Path, weights: str, config: CompareConfig, evaluator) -> dict:
+    """The snapshot's scores with its raw or averaged weights."""
+    wanted = {"n": config.n, "seed": config.seed, "weights": weights, "iwae_k": config.iwae_k}
+    options = dict(iwae_k=config.iwae_k, seed=config.seed, device=config.device, dataset=config.dataset)
+    options.update(data_dir=config.data_dir, download=config.download, evaluator=evaluator, reference=False, weights=weights)
+    path = snapshot.with_suffix(f".{weights}.eval.json")
+    return _cached(path, wanted, evaluator, lambda: evaluate(snapshot, config.n, **options))
+
+
+def _sampling_error(snapshot: Path, weights: str, config: CompareConfig, evaluator) -> dict:
+    """Each score's standard deviation over `config.draws` independent draws of n samples from one snapshot:
+    the score's own sampling error at n (fresh draws from the generator rather than a bootstrap, which
+    would duplicate samples and shrink the k-NN radii of precision/recall)."""
+
+    def compute() -> dict:
+        model = load(snapshot, device=resolve_device(config.device), weights=weights)
+        draws = [
+            score_images(model.sample(config.n, seed=DRAW_SEED + i), evaluator, config.data_dir, config.download)
+            for i in range(config.draws)
+        ]
+        return {name: statistics.stdev(d[name] for d in draws) for name in SCORE_NAMES}
+
+    wanted = {"n": config.n, "draws": config.draws, "weights": weights}
+    return _cached(snapshot.with_suffix(f".{weights}.draws.json"), wanted, evaluator, compute)
 
 
 def _read_metrics(run_dir: Path) -> list[dict]:
@@ -162,6 +182,35 @@ def _read_metrics(run_dir: Path) -> list[dict]:
             row = json.loads(line)
             rows[row["epoch"]] = row  # a resumed epoch's row replaces the partial one
     return [rows[e] for e in sorted(rows)]
+
+
+def _train_all(config: CompareConfig) -> None:
+    """Every run to every checkpoint epoch, earliest epoch first across models and seeds, so that an
+    interrupted comparison already holds complete early checkpoints."""
+    out = Path(config.out)
+    for model in MODELS:
+        for seed in config.seed_list:
+            if (run_path(out, model, seed) / "config.json").exists():
+                _check_reusable(run_path(out, model, seed), model, seed, config)
+    for epoch in config.epochs:
+        for seed in config.seed_list:
+            for model in MODELS:
+                _train_to(model, seed, epoch, run_path(out, model, seed), config)
+
+
+def _model_results(model: str, config: CompareConfig, evaluator) -> dict:
+    out, first = Path(config.out), config.seed
+    runs = {s: {"run": str(run_path(out, model, s)), "metrics": _read_metrics(run_path(out, model, s))} for s in config.seed_list}
+    scores = {kind: {e: {} for e in config.epochs} for kind in WEIGHT_KINDS}
+    sampling = {kind: {} for kind in WEIGHT_KINDS}
+    for epoch in config.epochs:
+        _say(config, f"scoring the {model} at epoch {epoch} ({len(config.seed_list)} seeds, raw and averaged weights)")
+        for seed in config.seed_list:
+            for kind in WEIGHT_KINDS:
+                scores[kind][epoch][seed] = _scores(snapshot_path(run_path(out, model, seed), epoch), kind, config, evaluator)
+        for kind in WEIGHT_KINDS:
+            sampling[kind][epoch] = _sampling_error(snapshot_path(run_path(out, model, first), epoch), kind, config, evaluator)
+    return {"runs": runs, "scores": scores, "sampling": sampling}
 
 
 def compare(config: CompareConfig) -> Path:
@@ -179,17 +228,10 @@ def compare(config: CompareConfig) -> Path:
         )
     start = time.perf_counter()
     evaluator = load_evaluator(config.dataset, data_dir=config.data_dir, download=config.download, progress=not config.quiet)
-    results: dict[str, dict] = {"config": asdict(config), "device": device_name(device), "models": {}}
-    for model in MODELS:
-        run_dir = out / "runs" / model
-        if (run_dir / "config.json").exists():
-            _check_reusable(run_dir, model, config)
-        scores = {}
-        for epoch in config.epochs:
-            snapshot = _train_to(model, epoch, run_dir, config)
-            _say(config, f"scoring the {model} at epoch {epoch}")
-            scores[epoch] = _scores(snapshot, config, evaluator)
-        results["models"][model] = {"scores": scores, "metrics": _read_metrics(run_dir), "run": str(run_dir)}
+    _train_all(config)
+    results: dict = {"config": asdict(config), "device": device_name(device), "seeds": config.seed_list}
+    results["weights"] = {model: DEFAULT_WEIGHTS[model] for model in MODELS}
+    results["models"] = {model: _model_results(model, config, evaluator) for model in MODELS}
     _say(config, "scoring the reference rows (training split, uniform noise)")
     evaluator.to(device)
     results["reference"] = reference_scores(evaluator, config.n, config.seed, config.data_dir, config.download)
@@ -200,10 +242,14 @@ def compare(config: CompareConfig) -> Path:
 
 
 def _grid_samples(results: dict) -> dict[int, dict]:
-    """64 images per model per checkpoint epoch, from the same latent draws (GRID_SEED) every time."""
+    """64 images per model per checkpoint epoch (first seed, the model's default weights), from the same
+    latent draws (GRID_SEED) every time."""
+    first = results["seeds"][0]
     return {
         epoch: {
-            model: load(snapshot_path(Path(results["models"][model]["run"]), epoch)).sample(64, seed=GRID_SEED)
+            model: load(
+                snapshot_path(Path(results["models"][model]["runs"][first]["run"]), epoch), weights=results["weights"][model]
+            ).sample(64, seed=GRID_SEED)
             for model in MODELS
         }
         for epoch in results["config"]["epochs"]
