@@ -235,3 +235,18 @@ def test_compare_quick_end_to_end_then_reuses_its_runs(tmp_path, mnist, evaluato
 
     other = run_cli("fastgen.compare", *args, "--train-images", "2048", cwd=tmp_path, cache=evaluator_cache)
     assert other.returncode == 2 and "train_images 1024 (wanted 2048)" in other.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--seeds", "0"], "--seeds: must be >= 1"),
+        (["--draws", "1"], "--draws: must be >= 2"),
+        (["--ema", "1.5"], "--ema must be in (0, 1)"),
+        (["--ema", "0"], "--ema: must be > 0"),
+    ],
+)
+def test_compare_refuses_bad_seed_draw_and_ema_settings_in_one_line(tmp_path, args, message):
+    result = run_cli("fastgen.compare", "--quick", "--out", str(tmp_path / "cmp"), *args)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert not (tmp_path / "cmp").exists()

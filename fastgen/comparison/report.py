@@ -402,7 +402,10 @@ def write_report(out: Path, results: dict, samples: dict[int, dict[str, torch.Te
         "",
         f"A model wins a metric at an epoch only when Welch's two-sided t-test (unequal variances) over the training "
         f"seeds rejects equal means at α = {ALPHA}; otherwise the cell says *not distinguishable with "
-        f"{_seeds(len(results['seeds']))}*. Fewer than 2 seeds per model leave nothing to test.",
+        f"{_seeds(len(results['seeds']))}*. Fewer than 2 seeds per model leave nothing to test. Each cell is its own "
+        f"test, uncorrected for the others: if the models were equal on everything, about "
+        f"{len(epochs) * len(SCORE_NAMES) * ALPHA:.1f} of these {len(epochs) * len(SCORE_NAMES)} cells would still name "
+        "a winner by chance, so read a lone cell with p near the level as weak evidence.",
         "",
         *_conclusion(results, epochs),
         "",
