@@ -10,7 +10,7 @@ from fastgen.errors import FastgenError
 MODELS = ("gan", "vae")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_DTYPES = ("bf16", "fp16")
-KERNELS = ("auto", "triton", "native", "eager")  # auto: Triton where it runs (CUDA), plain PyTorch ops elsewhere
+KERNELS = ("auto", "triton", "native", "eager")  # auto: native on the CPU when built, Triton on CUDA, else plain ops
 DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}  # name -> torchvision class / folder
 
 # Writing the weights and checkpoint took 250-340 ms (GAN, 47 MB) and 80-120 ms (VAE, 16 MB) on a 2-core

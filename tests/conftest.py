@@ -17,7 +17,7 @@ if not torch.cuda.is_available():
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from fastgen.ops import HAS_TRITON, TRITON_INTERPRET, cpu_backend  # noqa: E402
+from fastgen.ops import HAS_TRITON, TRITON_INTERPRET, cpu_backend, native  # noqa: E402
 from tests.helpers import require_real_mnist, write_synthetic_mnist  # noqa: E402
 
 # The backend fixture deliberately holds for all examples of a test.
@@ -77,6 +77,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _native_kernels_built_once():
+    """Build (first time on this machine) and load the native kernels before any test: `fastgen.train`'s
+    default uses them on the CPU, and a test that points XDG_CACHE_HOME elsewhere must not rebuild them."""
+    native.load()
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from fastgen.data import find_data_dir
+from fastgen.ops import native
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -180,11 +181,18 @@ def session_cache() -> Path:
     return Path(_session_cache.name)
 
 
+# Where this machine's native kernels are built, as the environment the tests started in says (a test
+# may point XDG_CACHE_HOME elsewhere for itself).
+NATIVE_CACHE = native.cache_root()
+
+
 def cli_env(cache=None, **overrides) -> dict:
     """The environment of a command as users run it: no Triton interpreter, and XDG_CACHE_HOME in `cache`
-    (else the session's temporary one), so a command never finds nor writes a real user cache.
-    Overrides set variables; an override of None removes one."""
+    (else the session's temporary one), so a command never finds nor writes a real user cache; only the
+    native kernels' build is shared (FASTGEN_NATIVE_CACHE: this process's, built once per machine) so that
+    commands do not each build it. Overrides set variables; an override of None removes one."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("FASTGEN_NATIVE_CACHE", str(NATIVE_CACHE))
     env["XDG_CACHE_HOME"] = str(cache or session_cache())
     for key, value in overrides.items():
         if value is None:

@@ -10,7 +10,7 @@ import fastgen
 from fastgen.ops import bce_kl_loss, cpu_backend, dropout_keep_mask, linear_leaky_relu_dropout, native, reparameterize
 from fastgen.ops.dispatch import TRITON_INTERPRET
 from fastgen.ops.reference import bce_kl_loss_reference, linear_leaky_relu_dropout_reference
-from tests.helpers import assert_close
+from tests.helpers import assert_close, train_cli
 
 pytestmark = pytest.mark.skipif(not native.load(), reason=f"native kernels unavailable: {native.reason}")
 
@@ -82,3 +82,39 @@ def test_training_with_native_kernels_records_them(mnist, tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["kernels_used"] == "native" and summary["kernels"] == "native"
     assert all(torch.isfinite(torch.tensor(v)) for v in summary["final"].values())
+
+
+def _train(mnist, out, **overrides):
+    settings = dict(model="vae", max_steps=4, data_dir=str(mnist), download=False, out=str(out), quiet=True, compile=False)
+    return fastgen.train(fastgen.TrainConfig(**{**settings, **overrides}))
+
+
+def test_auto_trains_on_the_native_kernels_on_the_cpu_and_records_it(mnist, tmp_path):
+    summary = _train(mnist, tmp_path / "run", device="cpu")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["config"]["kernels"] == "native" and config["kernels_used"] == "native" and summary["kernels"] == "native"
+
+
+def test_a_resume_keeps_the_kernels_the_run_trained_with(mnist, tmp_path):
+    _train(mnist, tmp_path / "run", kernels="eager")
+    summary = fastgen.train(fastgen.TrainConfig(resume=str(tmp_path / "run"), max_steps=8, quiet=True))
+    assert summary["kernels"] == "eager" and summary["steps"] == 8
+
+
+def test_without_native_kernels_auto_trains_on_plain_ops_after_one_notice(mnist, tmp_path):
+    args = (
+        "--model",
+        "vae",
+        "--max-steps",
+        "2",
+        "--no-compile",
+        "--quiet",
+        "--data-dir",
+        str(mnist),
+        "--out",
+        str(tmp_path / "r"),
+    )
+    result = train_cli(*args, env={"FASTGEN_NATIVE": "0"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("native CPU kernels not in use (turned off by FASTGEN_NATIVE=0)") == 1
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["kernels_used"] == "eager"

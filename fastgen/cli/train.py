@@ -54,8 +54,8 @@ def build_parser() -> Parser:
         "--kernels",
         choices=KERNELS,
         default="auto",
-        help="fused ops (auto: Triton on CUDA, plain PyTorch on the CPU), native CPU kernels (native: "
-        "built on first use) or plain PyTorch everywhere (eager)",
+        help="auto: fastgen's native kernels on the CPU (built once on first use; plain PyTorch ops where they "
+        "cannot be built), Triton on CUDA; or insist on triton, native, or plain PyTorch ops (eager)",
     )
     parser.add_argument(
         "--ema",

@@ -207,6 +207,9 @@ def _build_options() -> dict:
 
 
 def cache_root() -> Path:
+    """$FASTGEN_NATIVE_CACHE (builds shared between users or containers), else the per-user cache's native/."""
+    if os.environ.get("FASTGEN_NATIVE_CACHE"):
+        return Path(os.environ["FASTGEN_NATIVE_CACHE"])
     from fastgen.data import cache_dir
 
     return cache_dir() / "native"
