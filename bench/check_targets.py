@@ -19,9 +19,12 @@ def _benchmarks(folder: Path) -> list[dict]:
 
 
 def _median(benchmarks, group: str, variant: str):
-    for b in benchmarks:
-        if b.get("group") == group and b["extra_info"].get("variant", "").startswith(variant):
-            return b["stats"]["median"], b["extra_info"]
+    """The variant's median in the group: the variant named exactly, else the first whose name starts so."""
+    in_group = [b for b in benchmarks if b.get("group") == group]
+    for match in (lambda name: name == variant, lambda name: name.startswith(variant)):
+        for b in in_group:
+            if match(b["extra_info"].get("variant", "")):
+                return b["stats"]["median"], b["extra_info"]
     return None, None
 
 

@@ -7,6 +7,7 @@ On a GPU each round is a whole epoch; on the CPU a fixed slice of one (CPU_STEPS
 a few minutes. The first round (compilation, graph capture, allocator, thread pools) is a warm-up and not counted.
 """
 
+import contextlib
 import itertools
 import subprocess
 import sys
@@ -18,7 +19,10 @@ import torch
 from bench import baseline
 from fastgen.config import TrainConfig
 from fastgen.data import DeviceSplit
+from fastgen.environment import cpu_has_fast_bf16
+from fastgen.ops import cpu_backend
 from fastgen.training.compiled_step import build_step, describe
+from fastgen.training.run import resolve_kernels
 from fastgen.training.trainers import GANTrainer, VAETrainer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,14 +40,19 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+@pytest.mark.parametrize("amp", ["fp32", "bf16"])
 @pytest.mark.parametrize("model", ["gan", "vae"])
-def test_fastgen(benchmark, record, device, mnist, model):
+def test_fastgen(benchmark, record, device, mnist, model, amp):
+    if amp == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+        pytest.skip("this CPU has no fast bf16 (no AVX512-BF16 or AMX): --amp trains in float32 here")
     torch._dynamo.reset()
     torch.manual_seed(0)
     config = TrainConfig(model=model, batch_size=BATCH[model]).resolved()
+    # The path `python -m fastgen.train [--amp]` takes by default on this device: its kernels (native on the
+    # CPU, Triton on CUDA), the step compiled, and graph-captured on CUDA.
+    config.kernels = resolve_kernels(config.kernels, device, print)
     split = DeviceSplit.load("mnist", "train", device, -1.0 if model == "gan" else 0.0, mnist, download=False)
-    trainer = (GANTrainer if model == "gan" else VAETrainer)(config, device)
-    # The path `python -m fastgen.train` takes by default on this device: compiled, graph-captured on CUDA.
+    trainer = (GANTrainer if model == "gan" else VAETrainer)(config, device, torch.bfloat16 if amp == "bf16" else None)
     step = build_step(trainer.step, device, True, device.type == "cuda", print)
     generator = torch.Generator(device=device).manual_seed(0)
     n = _steps(model, device)
@@ -55,9 +64,11 @@ def test_fastgen(benchmark, record, device, mnist, model):
         _sync(device)
 
     benchmark.group = f"end-to-end {model} batch {config.batch_size}"
-    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    with cpu_backend("native") if config.kernels == "native" else contextlib.nullcontext():
+        benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1, iterations=1)
     record(
-        variant="fastgen",
+        variant="fastgen" if amp == "fp32" else "fastgen --amp",
+        kernels=config.kernels,
         role="variant",
         model=model,
         batch_size=config.batch_size,
