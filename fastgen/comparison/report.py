@@ -121,11 +121,17 @@ def _plot_metric(ax, results: dict, name: str, epochs: list[int]) -> None:
                 [s["mean"] for s in stats],
                 color=COLORS[model],
                 linestyle="-" if solid else "--",
-                marker="o" if solid else None,
+                marker="o" if solid else "x",
+                fillstyle="full" if solid else "none",
                 label=f"{model.upper()} {KINDS[kind]}",
             )
             if solid:
-                ax.fill_between(epochs, [s["min"] for s in stats], [s["max"] for s in stats], color=COLORS[model], alpha=0.2)
+                low, high = [s["min"] for s in stats], [s["max"] for s in stats]
+                ax.fill_between(epochs, low, high, color=COLORS[model], alpha=0.2)
+                # The band as bars too: a band over a single checkpoint has no width.
+                means = [s["mean"] for s in stats]
+                yerr = [[m - lo for m, lo in zip(means, low)], [hi - m for m, hi in zip(means, high)]]
+                ax.errorbar(epochs, means, yerr=yerr, color=COLORS[model], linestyle="none", capsize=4)
     ax.axhline(results["reference"]["train_split"][name], color="gray", linestyle=":", label="training split")
 
 
@@ -225,9 +231,10 @@ def _conclusion(results: dict, epochs: list[int]) -> list[str]:
         for n in SCORE_NAMES
         if won_at[e][n][0] != won_at[last][n][0]
     ]
-    lines.append(
-        f"- Earlier checkpoints differ on: {'; '.join(changed)}." if changed else "- Every checkpoint gives the same verdicts."
-    )
+    if len(epochs) > 1 and changed:
+        lines.append(f"- Earlier checkpoints differ on: {'; '.join(changed)}.")
+    elif len(epochs) > 1:
+        lines.append("- Every checkpoint gives the same verdicts.")
     return lines + _facts(results, epochs)
 
 
@@ -240,6 +247,7 @@ def _facts(results: dict, epochs: list[int]) -> list[str]:
         f"- {m.upper()} Fréchet distance (mean over seeds) from epoch {first} to {last}: {_fmt(mean[m, first])} -> "
         f"{_fmt(mean[m, last])} (training split vs test split: {_fmt(real['frechet_distance'])})."
         for m in MODELS
+        if first != last
     ]
     lines.append(
         f"- The training split is {mean['gan', first] / max(real['frechet_distance'], 1e-12):,.0f}x closer to the test "
@@ -257,10 +265,17 @@ def _facts(results: dict, epochs: list[int]) -> list[str]:
     return lines
 
 
+LIKELIHOODS = {"test_loss": "VAE test loss", "iwae_nll": "VAE IWAE NLL"}  # the VAE's own objective, lower is better
+
+
 def _effects(results: dict, model: str, epoch: int) -> dict[str, dict]:
+    """The EMA's effect on each score of `model` at `epoch` (the VAE's likelihoods too)."""
+    names = SCORE_NAMES + (tuple(LIKELIHOODS) if model == "vae" else ())
     return {
-        n: ema_effect(_values(results, model, "raw", epoch, n), _values(results, model, "ema", epoch, n), HIGHER_IS_BETTER[n])
-        for n in SCORE_NAMES
+        n: ema_effect(
+            _values(results, model, "raw", epoch, n), _values(results, model, "ema", epoch, n), HIGHER_IS_BETTER.get(n, False)
+        )
+        for n in names
     }
 
 
@@ -279,24 +294,26 @@ def _ema_section(results: dict, epochs: list[int]) -> list[str]:
         "significant and in the metric's better direction, *hurts* when significant the other way, otherwise "
         "*no detectable effect*.",
         "",
-        "| | " + " | ".join(LABELS[n] for n in SCORE_NAMES) + " |",
-        "|---" * (len(SCORE_NAMES) + 1) + "|",
+        "| | " + " | ".join([LABELS[n] for n in SCORE_NAMES] + list(LIKELIHOODS.values())) + " |",
+        "|---" * (len(SCORE_NAMES) + len(LIKELIHOODS) + 1) + "|",
     ]
     verdicts = {m: [] for m in MODELS}
     for epoch in epochs:
         for model in MODELS:
             effects = _effects(results, model, epoch)
             verdicts[model] += [e["verdict"] for e in effects.values()]
-            lines.append(f"| {model.upper()} epoch {epoch} | " + " | ".join(_effect_cell(effects[n]) for n in SCORE_NAMES) + " |")
+            cells = [_effect_cell(effects[n]) if n in effects else "" for n in SCORE_NAMES + tuple(LIKELIHOODS)]
+            lines.append(f"| {model.upper()} epoch {epoch} | " + " | ".join(cells) + " |")
     lines.append("")
     for model in MODELS:
         helps, hurts, total = verdicts[model].count("helps"), verdicts[model].count("hurts"), len(verdicts[model])
         if n_seeds < 2:
             favour = f"with {_seeds(n_seeds)} the paired test cannot run: no verdict on the EMA"
         else:
-            favour = "the numbers favour the " + ("EMA" if helps > hurts else "raw" if hurts > helps else "neither") + " weights"
+            favoured = "the EMA weights" if helps > hurts else "the raw weights" if hurts > helps else "neither"
+            favour = f"the numbers favour {favoured}"
         lines.append(
-            f"- {model.upper()}: EMA helps on {helps} of {total} metric-epochs and hurts on {hurts}; {favour} "
+            f"- {model.upper()}: EMA helps on {helps} of {total} score-epochs and hurts on {hurts}; {favour} "
             f"(the headline rows use the {KINDS[results['weights'][model]]} weights)."
         )
     return lines + [""]
@@ -404,7 +421,7 @@ def write_report(out: Path, results: dict, samples: dict[int, dict[str, torch.Te
         f"seeds rejects equal means at α = {ALPHA}; otherwise the cell says *not distinguishable with "
         f"{_seeds(len(results['seeds']))}*. Fewer than 2 seeds per model leave nothing to test. Each cell is its own "
         f"test, uncorrected for the others: if the models were equal on everything, about "
-        f"{len(epochs) * len(SCORE_NAMES) * ALPHA:.1f} of these {len(epochs) * len(SCORE_NAMES)} cells would still name "
+        f"{len(epochs) * len(SCORE_NAMES) * ALPHA:.2g} of these {len(epochs) * len(SCORE_NAMES)} cells would still name "
         "a winner by chance, so read a lone cell with p near the level as weak evidence.",
         "",
         *_conclusion(results, epochs),
