@@ -50,7 +50,7 @@ def test_fastgen(benchmark, record, device, mnist, model, amp):
     config = TrainConfig(model=model, batch_size=BATCH[model]).resolved()
     # The path `python -m fastgen.train [--amp]` takes by default on this device: its kernels (native on the
     # CPU, Triton on CUDA), the step compiled, and graph-captured on CUDA.
-    config.kernels = resolve_kernels(config.kernels, device, print)
+    config.kernels = resolve_kernels(config.kernels, device, True, print)
     split = DeviceSplit.load("mnist", "train", device, -1.0 if model == "gan" else 0.0, mnist, download=False)
     trainer = (GANTrainer if model == "gan" else VAETrainer)(config, device, torch.bfloat16 if amp == "bf16" else None)
     step = build_step(trainer.step, device, True, device.type == "cuda", print)

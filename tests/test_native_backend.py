@@ -10,6 +10,7 @@ import fastgen
 from fastgen.ops import bce_kl_loss, cpu_backend, dropout_keep_mask, linear_leaky_relu_dropout, native, reparameterize
 from fastgen.ops.dispatch import TRITON_INTERPRET
 from fastgen.ops.reference import bce_kl_loss_reference, linear_leaky_relu_dropout_reference
+from fastgen.training.run import resolve_kernels
 from tests.helpers import assert_close, train_cli
 
 pytestmark = pytest.mark.skipif(not native.load(), reason=f"native kernels unavailable: {native.reason}")
@@ -89,10 +90,18 @@ def _train(mnist, out, **overrides):
     return fastgen.train(fastgen.TrainConfig(**{**settings, **overrides}))
 
 
+def test_auto_means_native_kernels_for_a_compiled_cpu_step_and_plain_ops_for_an_eager_one():
+    cpu = torch.device("cpu")
+    assert resolve_kernels("auto", cpu, compiled=True) == "native"
+    assert resolve_kernels("auto", cpu, compiled=False) == "eager"
+    assert resolve_kernels("native", cpu, compiled=False) == "native" and resolve_kernels("eager", cpu) == "eager"
+
+
 def test_auto_trains_on_the_native_kernels_on_the_cpu_and_records_it(mnist, tmp_path):
-    summary = _train(mnist, tmp_path / "run", device="cpu")
+    summary = _train(mnist, tmp_path / "run", device="cpu", compile=None)  # the default: compiled
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["config"]["kernels"] == "native" and config["kernels_used"] == "native" and summary["kernels"] == "native"
+    assert config["compile"] is True
 
 
 def test_a_resume_keeps_the_kernels_the_run_trained_with(mnist, tmp_path):
@@ -107,7 +116,6 @@ def test_without_native_kernels_auto_trains_on_plain_ops_after_one_notice(mnist,
         "vae",
         "--max-steps",
         "2",
-        "--no-compile",
         "--quiet",
         "--data-dir",
         str(mnist),

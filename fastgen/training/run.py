@@ -82,7 +82,8 @@ def _set_up(config: TrainConfig) -> tuple[Run, torch.dtype | None, dict]:
     cpu_tuning = tune_for_cpu_training() if device.type == "cpu" else None  # before the first parallel op
     trainer_class = TRAINERS[config.model]
     train_split, test_split = _load_splits(config, device, trainer_class)
-    config.kernels = resolve_kernels(config.kernels, device, say)  # recorded resolved: a resume keeps them
+    compiled = step_paths(config, device, group is not None, _silent)[0]
+    config.kernels = resolve_kernels(config.kernels, device, compiled, say)  # recorded resolved: a resume keeps them
     out = prepare_out(config.out or default_out(config.model), config.overwrite)
     if group is not None:
         group.barrier()  # every rank has checked --out before rank 0 writes into it
@@ -229,12 +230,17 @@ def step_paths(config: TrainConfig, device: torch.device, distributed_run: bool,
     return use_compile, use_graphs
 
 
-def resolve_kernels(kernels: str, device: torch.device, say=notice) -> str:
-    """What `--kernels auto` means here: the native kernels on the CPU (built on first use; on the 2-core
-    CPUs measured, the native compiled step was at least as fast as the plain compiled one for both
-    models, fp32 and bf16: README, Performance), Triton where it runs (CUDA), else plain PyTorch ops."""
+def resolve_kernels(kernels: str, device: torch.device, compiled: bool = True, say=notice) -> str:
+    """What `--kernels auto` means here: on the CPU the native kernels (built on first use) when the step
+    is compiled, plain PyTorch ops when it runs eagerly; Triton where it runs (CUDA), else plain ops.
+
+    Measured on a 2-core AMD EPYC (README, Performance): compiled, the native step was faster for the VAE
+    in every run and as fast as or faster for the GAN in 3 of 4; eager, it was slower in 3 of 4 runs for
+    the GAN and never faster for the VAE (each custom op costs a Python dispatch there)."""
     if kernels != "auto":
         return kernels
+    if device.type == "cpu" and not compiled:
+        return "eager"
     if device.type == "cpu":
         if native.load():
             return "native"
