@@ -124,6 +124,13 @@ def test_bce_kl_loss_is_exact_for_a_hand_computed_case(backend):
     assert abs(loss.item() - 2.0) < 1e-5
 
 
+def test_bce_kl_loss_of_an_empty_batch_is_empty(backend):
+    empty, latents = torch.zeros(0, 1, 28, 28), torch.zeros(0, 16)
+    for loss in (bce_kl_loss, bce_kl_loss_reference):
+        assert loss(empty, empty, latents, latents, reduction="none").shape == (0,)
+        assert loss(empty, empty, latents, latents, reduction="sum").item() == 0.0
+
+
 # ---- dropout masks -------------------------------------------------------------------------------
 
 

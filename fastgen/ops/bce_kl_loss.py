@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.library import wrap_triton
 
@@ -103,10 +105,9 @@ def bce_kl_loss(logits, target, mu, logvar, *, reduction: str = "mean", kernels:
     check_same([("logits", logits), ("target", target), ("mu", mu), ("logvar", logvar)])
     if not use_fused_ops(kernels, logits.device):
         return bce_kl_loss_reference(logits, target, mu, logvar, reduction=reduction)
-    B = logits.shape[0]
-    per_image = _forward(
-        logits.reshape(B, -1).contiguous(), target.reshape(B, -1).contiguous(), mu.contiguous(), logvar.contiguous()
-    )
+    shape = (logits.shape[0], math.prod(logits.shape[1:]))  # not (B, -1): an empty batch has no -1 to infer
+    logits, target = logits.reshape(shape).contiguous(), target.reshape(shape).contiguous()
+    per_image = _forward(logits, target, mu.contiguous(), logvar.contiguous())
     if reduction == "mean":
         return per_image.mean()
     if reduction == "sum":

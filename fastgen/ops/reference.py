@@ -2,6 +2,8 @@
 device without Triton (and for `kernels="eager"`), and the ground truth their tests compare against.
 Random draws come in as arguments (a keep-mask, eps), so every function here is deterministic."""
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -38,10 +40,9 @@ def kl_to_standard_normal(mu, logvar):
 
 def bce_kl_loss_reference(logits, target, mu, logvar, reduction="mean"):
     """Per image: BCE-with-logits summed over pixels + KL to N(0, I), in float32; then reduced."""
-    B = logits.shape[0]
-    bce = F.binary_cross_entropy_with_logits(logits.reshape(B, -1).float(), target.reshape(B, -1).float(), reduction="none").sum(
-        1
-    )
+    shape = (logits.shape[0], math.prod(logits.shape[1:]))  # not (B, -1): an empty batch has no -1 to infer
+    bce = F.binary_cross_entropy_with_logits(logits.reshape(shape).float(), target.reshape(shape).float(), reduction="none")
+    bce = bce.sum(1)
     per_image = bce + kl_to_standard_normal(mu, logvar)
     return {"none": per_image, "mean": per_image.mean(), "sum": per_image.sum()}[reduction]
 
