@@ -41,6 +41,7 @@ def pytest_terminal_summary(terminalreporter, config):
     session = getattr(config, "_benchmarksession", None)
     if not session or not session.benchmarks:
         return
-    rows = [b.as_dict(include_data=False) for b in session.benchmarks if b.stats is not None]
+    # A benchmark that failed before its first round has no timings: leave it out of the table.
+    rows = [b.as_dict(include_data=False) for b in session.benchmarks if b.stats is not None and b.stats.stats.data]
     terminalreporter.write_sep("-", "fastgen ratios (speed-up = reference median / variant median)")
     terminalreporter.write_line(table(rows))

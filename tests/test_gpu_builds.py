@@ -74,3 +74,11 @@ def test_kernel_builds_without_spills_within_shared_memory(build, results):
     result = results[build.id]
     found = static_report.problems(build, result)
     assert not found, f"{build.id}: " + "; ".join(found)
+
+
+def test_every_dot_tile_is_at_least_16_deep():
+    """Triton 3.6 (the release beside torch 2.11) refuses a tl.dot with K under 16 on NVIDIA GPUs when it
+    compiles, while 3.8 builds it: the ahead-of-time builds above cannot catch it, so the tiles are checked."""
+    from fastgen.ops.triton.linear_leaky_relu_dropout import GPU_CONFIGS
+
+    assert all(config.kwargs["BLOCK_K"] >= 16 for config in GPU_CONFIGS)
