@@ -330,3 +330,14 @@ def test_report_with_one_seed_names_no_winner(reports):
     assert (
         timing["GAN"]["first epoch s (median over seeds)"] == "60.00" and timing["GAN"]["training s (sum over seeds)"] == "2,020"
     )
+
+
+@pytest.mark.parametrize("epoch, expected", [(10, "recall (10: GAN)"), (50, "recall (10: not distinguishable)")])
+def test_conclusion_names_earlier_verdicts_that_differ(epoch, expected):
+    """A clear GAN lead on recall at one epoch only: the conclusion lists the epoch-10 verdict in words."""
+    from fastgen.comparison.report import _conclusion
+
+    results = make_results()
+    for seed_scores in results["models"]["gan"]["scores"]["ema"][epoch].values():
+        seed_scores["recall"] += 0.5
+    assert f"- Earlier checkpoints differ on: {expected}." in _conclusion(results, list(EPOCHS))

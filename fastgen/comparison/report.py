@@ -226,7 +226,7 @@ def _conclusion(results: dict, epochs: list[int]) -> list[str]:
     if tied:
         lines.append(f"- At epoch {last}, not distinguishable with {_seeds(n_seeds)}: {', '.join(tied)}.")
     changed = [
-        f"{LABELS[n]} ({e}: {(won_at[e][n][0] or 'neither').upper()})"
+        f"{LABELS[n]} ({e}: {won_at[e][n][0].upper() if won_at[e][n][0] else 'not distinguishable'})"
         for e in epochs[:-1]
         for n in SCORE_NAMES
         if won_at[e][n][0] != won_at[last][n][0]
