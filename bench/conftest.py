@@ -37,11 +37,18 @@ def record(benchmark, device):
     return attach
 
 
+def _has_timings(benchmark) -> bool:
+    """False for a benchmark that failed before its first round (pytest-benchmark versions differ in
+    whether the session holds the fixture's metadata or its statistics)."""
+    stats = getattr(benchmark, "stats", None)
+    stats = getattr(stats, "stats", stats)
+    return stats is not None and bool(stats.data)
+
+
 def pytest_terminal_summary(terminalreporter, config):
     session = getattr(config, "_benchmarksession", None)
     if not session or not session.benchmarks:
         return
-    # A benchmark that failed before its first round has no timings: leave it out of the table.
-    rows = [b.as_dict(include_data=False) for b in session.benchmarks if b.stats is not None and b.stats.stats.data]
+    rows = [b.as_dict(include_data=False) for b in session.benchmarks if _has_timings(b)]
     terminalreporter.write_sep("-", "fastgen ratios (speed-up = reference median / variant median)")
     terminalreporter.write_line(table(rows))
