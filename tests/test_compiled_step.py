@@ -151,13 +151,16 @@ def test_fp16_loss_scaling_compiles_without_a_graph_break():
 @pytest.mark.parametrize("model", ["gan", "vae"])
 def test_graphed_step_matches_eager_on_cuda(mnist, model):
     """As the CPU test above: the same noise (Inductor falls back to torch's generator, which CUDA graphs
-    replay safely), step 1 equal to float32 rounding, 1% over 20 steps. Not yet run on a GPU."""
+    replay safely), step 1 equal to float32 rounding, 1% over 20 steps. On an H200 (torch 2.11,
+    2026-11-26) step 1 agreed to 4 digits but not to rounding for either model; the VAE's logged KL differed
+    by 1% while its loss agreed to 1e-6, which the KL's old ill-conditioned form would explain (it is
+    computed with expm1 since). Not rerun on a GPU since; the GAN's cause is not known."""
     torch._dynamo.reset()
     eager, _, _, _ = _run(model, torch.device("cuda"), mnist, 20)
     with torch._inductor.config.patch(fallback_random=True):
         graphed, path, notices, _ = _run(model, torch.device("cuda"), mnist, 20, compile=True, cuda_graphs=True)
     assert notices == [] and path == {"compile": True, "cuda_graphs": True}, notices
-    assert torch.allclose(graphed[0], eager[0], rtol=1e-5, atol=1e-6)
+    assert torch.allclose(graphed[0], eager[0], rtol=1e-5, atol=1e-6), (graphed[0].tolist(), eager[0].tolist())
     assert torch.allclose(graphed, eager, rtol=1e-2, atol=1e-3), (graphed - eager).abs().max()
 
 

@@ -93,7 +93,7 @@ def test_resume_on_cuda_with_compile_and_graphs_matches_within_tolerance(mnist, 
     a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
     for key in a:
         if a[key].is_floating_point():
-            torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4, msg=key)
+            torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4, msg=lambda m, key=key: f"{key}: {m}")
         else:
             assert torch.equal(a[key], b[key]), key  # dropout keys: exact
 
