@@ -21,24 +21,28 @@ _PLACEHOLDER = "0" * 64
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), fsync, then rename over `path`: a crash leaves the old file intact."""
+    """Call write(tmp_path), fsync, then rename over `path`: a crash leaves the old file intact. A write
+    the system refuses (folder gone, disk full, no permission) is a FastgenError naming the file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise FastgenError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
