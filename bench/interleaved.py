@@ -1,0 +1,111 @@
+"""Training-step variants timed in turn, each in a fresh process, so that a shared machine's changes of
+pace land on every variant alike:
+
+    python -m bench.interleaved --model gan [--amp] [--repeats 3] [--variants eager "native compiled"]
+
+pytest-benchmark times one variant after the other. On this project's shared 2-core CPUs the same step
+has been seen to run at 11 ms for minutes and then at 19-21 ms for minutes, so a ratio of two variants
+measured a minute apart can be off by 1.8x. Here every repeat runs each variant once, in order, in its own
+process (no compiled code, thread pool or allocator state carried over); a ratio is taken within one
+repeat only, and the spread of the ratios over repeats says whether the machine held still.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from bench.test_steps import STEPS, VARIANTS, batch_size
+
+ROUNDS = 5
+
+
+def _child(model: str, variant: str, amp: bool) -> None:
+    """One variant: a warm-up round (compilation), then ROUNDS rounds of STEPS steps; prints ms per step."""
+    import torch
+
+    from fastgen.config import TrainConfig
+    from fastgen.ops import cpu_backend
+    from fastgen.training.compiled_step import build_step
+    from fastgen.training.cpu_tuning import tune_for_cpu_training
+    from fastgen.training.trainers import GANTrainer, VAETrainer
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        tune_for_cpu_training()
+    compile, graphs, kernels = VARIANTS[variant]
+    batch = batch_size(model, device)
+    torch.manual_seed(0)
+    config = TrainConfig(model=model, batch_size=batch, kernels=kernels).resolved()
+    trainer = (GANTrainer if model == "gan" else VAETrainer)(config, device, torch.bfloat16 if amp else None)
+    notices = []
+    step = build_step(trainer.step, device, compile, graphs, notices.append)
+    low = -1.0 if model == "gan" else 0.0
+    batches = torch.rand(STEPS, batch, 784, device=device) * (1 - low) + low
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    rounds = []
+    with cpu_backend("native") if kernels == "native" else contextlib.nullcontext():
+        for r in range(ROUNDS + 1):
+            start = time.perf_counter()
+            for i in range(STEPS):
+                step(batches[i])
+            sync()
+            if r:  # round 0 compiles, captures and warms up
+                rounds.append((time.perf_counter() - start) / STEPS * 1e3)
+    print(json.dumps({"ms_per_step": rounds, "notices": notices}))
+
+
+def _run_child(model: str, variant: str, amp: bool) -> list[float]:
+    command = [sys.executable, "-m", "bench.interleaved", "--child", "--model", model, "--variants", variant]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # time kernels, not their interpreter
+    done = subprocess.run(command + (["--amp"] if amp else []), capture_output=True, text=True, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        raise SystemExit(f"{variant}: the child failed:\n{done.stderr[-2000:]}")
+    result = json.loads(lines[-1])
+    if result["notices"]:  # a silent fallback would mislabel the numbers
+        raise SystemExit(f"{variant}: {result['notices']}")
+    return result["ms_per_step"]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=["gan", "vae"], default="gan")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None, help="the first is the reference")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return _child(args.model, args.variants[0], args.amp)
+    import torch
+
+    on_cpu = not torch.cuda.is_available()
+    variants = args.variants or [v for v in VARIANTS if ("graphed" if on_cpu else "native") not in v]
+    times = {v: [] for v in variants}  # per repeat: the round times
+    for repeat in range(args.repeats):
+        for variant in variants:
+            times[variant].append(_run_child(args.model, variant, args.amp))
+            print(f"repeat {repeat + 1}, {variant}: " + " ".join(f"{t:.2f}" for t in times[variant][-1]), file=sys.stderr)
+    reference = variants[0]
+    print(
+        f"{args.model}, batch {batch_size(args.model, torch.device('cpu' if on_cpu else 'cuda'))}, "
+        f"{'bf16' if args.amp else 'fp32'}; ms per step, median of {ROUNDS} rounds of {STEPS} steps per repeat"
+    )
+    print(f"| variant | {' | '.join(f'repeat {r + 1}' for r in range(args.repeats))} | speed-up over {reference} per repeat |")
+    print("|---" * (args.repeats + 2) + "|")
+    for variant in variants:
+        medians = [statistics.median(rounds) for rounds in times[variant]]
+        ratios = [statistics.median(ref) / m for ref, m in zip(times[reference], medians)]
+        cells = " | ".join(f"{m:.2f}" for m in medians)
+        print(f"| {variant} | {cells} | {min(ratios):.2f}x - {max(ratios):.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
