@@ -679,3 +679,27 @@ def test_the_library_keeps_flush_to_zero_off():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert all(float(v) != 0.0 for v in result.stdout.split()), result.stdout
+
+
+def test_a_wheel_ships_the_kernel_sources_where_the_loader_finds_them(tmp_path, monkeypatch):
+    """setup.py's build_py copies CMakeLists.txt and kernels/ into the wheel's fastgen/native_src/, and
+    `source_root` of an installed package (no checkout above it) finds them there, with the same source
+    hash as the checkout, so a wheel install builds the same library on first use."""
+    import importlib.util
+
+    from setuptools.dist import Distribution
+
+    spec = importlib.util.spec_from_file_location("fastgen_setup", REPO / "setup.py")
+    setup_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup_module)  # defines the command; setup() runs only as __main__
+    monkeypatch.chdir(REPO)
+    distribution = Distribution({"name": "fastgen", "packages": ["fastgen"], "script_name": "setup.py"})
+    command = setup_module.BuildPyWithKernels(distribution)
+    command.build_lib = str(tmp_path / "lib")
+    command.ensure_finalized()
+    command.run()
+    installed = tmp_path / "lib" / "fastgen"
+    assert native.source_root(installed) == installed / "native_src"
+    for name in ["CMakeLists.txt"] + [f"kernels/{p.name}" for p in (REPO / "kernels").iterdir()]:
+        assert (installed / "native_src" / name).read_bytes() == (REPO / name).read_bytes(), name
+    assert native.source_root(REPO / "fastgen") == REPO  # a checkout builds from its own sources

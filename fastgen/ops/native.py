@@ -37,17 +37,18 @@ LIBRARY_FILE = "libfastgen_native.so"
 RECORD_FILE = "build.json"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ISAS = ("avx512", "avx2", "scalar")  # the kernel tables, best first
-# The folder holding CMakeLists.txt and kernels/: the source checkout (editable installs), else a copy a
-# wheel ships as fastgen/native_src/.
-_PACKAGE = Path(__file__).resolve().parents[1]
-REPO = next(
-    (
-        root
-        for root in (_PACKAGE.parent, _PACKAGE / "native_src")
-        if (root / "CMakeLists.txt").is_file() and (root / "kernels" / "ops.cpp").is_file()
-    ),
-    _PACKAGE.parent,
-)
+
+
+def source_root(package: Path) -> Path:
+    """The folder holding CMakeLists.txt and kernels/ for the fastgen package at `package`: the source
+    checkout above it (editable installs), else the copy a wheel ships as fastgen/native_src/ (setup.py)."""
+    for root in (package.parent, package / "native_src"):
+        if (root / "CMakeLists.txt").is_file() and (root / "kernels" / "ops.cpp").is_file():
+            return root
+    return package.parent
+
+
+REPO = source_root(Path(__file__).resolve().parents[1])
 SOURCES = REPO / "kernels"
 CMAKE_LISTS = REPO / "CMakeLists.txt"
 BUILD_TIMEOUT_S = 900
