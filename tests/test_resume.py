@@ -141,7 +141,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
             handle.write("half")
         raise OSError("disk full")
 
-    with pytest.raises(OSError):
+    with pytest.raises(FastgenError, match=r"^cannot write .*state.json: disk full$"):  # one line for the CLI
         atomic_write(path, broken)
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
 
