@@ -2,7 +2,7 @@
 
 One test per build (kernel, autotune config, constexpr variant, dtype, architecture), failing on a compile
 error, on any register spill and on shared memory above the block limit. What is built is read off the
-kernel modules by bench/static_report.py (the Triton functions of fastgen.ops.triton that no other one
+kernel modules by bench/aot_builds.py (the Triton functions of fastgen.ops.triton that no other one
 calls, each described in its module's AOT_BUILDS), so a new kernel, config or launcher value is covered,
 or named here as undescribed, without editing this file. The builds run in worker processes without
 TRITON_INTERPRET, whatever this session set.
@@ -20,36 +20,36 @@ import time
 
 import pytest
 
-from bench import static_report
+from bench import aot_builds
 
 PROFILE = "full" if os.environ.get("FASTGEN_AOT_FULL") == "1" else "ci"
-BUILDS = static_report.enumerate_builds(profile=PROFILE)
+BUILDS = aot_builds.enumerate_builds(profile=PROFILE)
 
 
 @pytest.fixture(scope="module")
 def results():
     start = time.perf_counter()
-    built = static_report.run_builds(BUILDS)
+    built = aot_builds.run_builds(BUILDS)
     print(
         f"\n{len(BUILDS)} ahead-of-time builds in {time.perf_counter() - start:.0f} s "
-        f"on {static_report.default_workers()} worker processes"
+        f"on {aot_builds.default_workers()} worker processes"
     )
     return built
 
 
 def test_every_kernel_is_described_and_matches_its_signature():
-    assert static_report.description_problems() == []
+    assert aot_builds.description_problems() == []
 
 
 def test_builds_cover_every_kernel_config_dtype_and_architecture():
-    assert {(b.module, b.kernel) for b in BUILDS} == set(static_report.kernels())
+    assert {(b.module, b.kernel) for b in BUILDS} == set(aot_builds.kernels())
     assert {b.arch for b in BUILDS} == {80, 90}
-    for module, name in static_report.kernels():
+    for module, name in aot_builds.kernels():
         spec = importlib.import_module(module).AOT_BUILDS[name]
         mine = [b for b in BUILDS if b.kernel == name]
-        assert {static_report.config_label(c) for c in static_report.all_configs(spec)} <= {b.config for b in mine}
+        assert {aot_builds.config_label(c) for c in aot_builds.all_configs(spec)} <= {b.config for b in mine}
         if any("{dtype}" in t for t in spec["args"].values()):
-            assert {b.dtype for b in mine} == set(static_report.DTYPES), name
+            assert {b.dtype for b in mine} == set(aot_builds.DTYPES), name
 
 
 def test_ptxas_log_is_parsed():
@@ -59,20 +59,21 @@ def test_ptxas_log_is_parsed():
         "    672 bytes stack frame, 1004 bytes spill stores, 1032 bytes spill loads\n"
         "ptxas info    : Used 255 registers, used 1 barriers, 672 bytes cumulative stack size\n"
     )
-    stats = static_report._parse_ptxas(log)
+    stats = aot_builds._parse_ptxas(log)
     assert stats == {"registers": 255, "spill_stores": 1004, "spill_loads": 1032, "stack": 672}
     build = BUILDS[0]
-    assert static_report.problems(build, {"error": None, **stats, "shared": 0, "threads": 128})
-    limit = static_report.ARCHS[build.arch].shared_limit
+    assert aot_builds.problems(build, {"error": None, **stats, "shared": 0, "threads": 128})
+    limit = aot_builds.ARCHS[build.arch].shared_limit
     clean = {"error": None, "registers": 40, "spill_stores": 0, "spill_loads": 0, "stack": 0, "threads": 128}
-    assert not static_report.problems(build, {**clean, "shared": limit})
-    assert static_report.problems(build, {**clean, "shared": limit + 1})
+    assert not aot_builds.problems(build, {**clean, "shared": limit})
+    assert aot_builds.problems(build, {**clean, "shared": limit + 1})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build", BUILDS, ids=[b.id for b in BUILDS])
 def test_kernel_builds_without_spills_within_shared_memory(build, results):
     result = results[build.id]
-    found = static_report.problems(build, result)
+    found = aot_builds.problems(build, result)
     assert not found, f"{build.id}: " + "; ".join(found)
 
 

@@ -2,7 +2,7 @@
 the sample images `runs` drew; it trains, loads and samples nothing itself.
 
 Every number is over the training seeds in results["seeds"]: scores per model, weights kind ("raw", "ema"),
-epoch and seed; the statistics come from `fastgen.comparison.stats`."""
+epoch and seed; the statistics come from `fastgen.comparison.stats`, the figures from `fastgen.comparison.figures`."""
 
 from __future__ import annotations
 
@@ -12,45 +12,25 @@ from pathlib import Path
 
 import torch
 
+from fastgen.comparison.figures import grid_figure, loss_figure, metrics_figure
+from fastgen.comparison.results import KINDS, LABELS, seed_values, seeds_text
 from fastgen.comparison.stats import ALPHA, ema_effect, summary, winner
 from fastgen.config import MODELS
 from fastgen.evaluation.scoring import HIGHER_IS_BETTER, SCORE_NAMES
 from fastgen.files import atomic_write_text
-from fastgen.plotting import pyplot
 from fastgen.version import __version__
-
-LABELS = {
-    "frechet_distance": "Fréchet distance",
-    "inception_style_score": "IS-style score",
-    "class_kl_to_uniform": "class KL to uniform",
-    "precision": "precision",
-    "recall": "recall",
-}
-KINDS = {"raw": "raw", "ema": "EMA"}  # weights kind -> how the report names it
-COLORS = {"gan": "tab:blue", "vae": "tab:orange"}
-LOSSES = {"gan": ("d_loss", "g_loss"), "vae": ("loss", "test_loss")}
 
 
 def _fmt(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
-def _seeds(n: int) -> str:
-    return f"{n} seed" if n == 1 else f"{n} seeds"
-
-
 def _p(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
 
 
-def _values(results: dict, model: str, kind: str, epoch: int, key: str) -> list[float]:
-    """`key` of `model`'s `kind` weights at `epoch`, one value per training seed, in results["seeds"] order."""
-    by_seed = results["models"][model]["scores"][kind][epoch]
-    return [by_seed[seed][key] for seed in results["seeds"]]
-
-
 def _headline(results: dict, model: str, epoch: int, key: str) -> list[float]:
-    return _values(results, model, results["weights"][model], epoch, key)
+    return seed_values(results, model, results["weights"][model], epoch, key)
 
 
 def _pm(values: list[float], fmt=_fmt) -> str:
@@ -61,98 +41,6 @@ def _pm(values: list[float], fmt=_fmt) -> str:
 
 def _has_ema(results: dict) -> bool:
     return all(set(KINDS) <= set(results["models"][m]["scores"]) for m in MODELS)
-
-
-def _grid_figure(out: Path, samples: dict[str, torch.Tensor], epoch: int) -> str:
-    from torchvision.utils import make_grid
-
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4.3), dpi=100)
-    for ax, model in zip(axes, MODELS):
-        ax.imshow(make_grid(samples[model].cpu(), nrow=8, padding=2, pad_value=1.0)[0].numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"{model.upper()}, epoch {epoch}")
-        ax.axis("off")
-    fig.tight_layout()
-    name = f"figures/samples_epoch_{epoch:04d}.png"
-    fig.savefig(out / name)
-    plt.close(fig)
-    return name
-
-
-def _loss_curve(results: dict, model: str, name: str) -> tuple[list[int], list[dict]]:
-    """Epochs and, per epoch, the summary over the seeds whose metrics.jsonl has `name` there."""
-    by_epoch: dict[int, list[float]] = {}
-    for seed in results["seeds"]:
-        for row in results["models"][model]["runs"][seed]["metrics"]:
-            if row.get(name) is not None:
-                by_epoch.setdefault(row["epoch"], []).append(row[name])
-    epochs = sorted(by_epoch)
-    return epochs, [summary(by_epoch[e]) for e in epochs]
-
-
-def _loss_figure(out: Path, results: dict) -> str:
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
-    for ax, model in zip(axes, MODELS):
-        for name in LOSSES[model]:
-            epochs, stats = _loss_curve(results, model, name)
-            (line,) = ax.plot(epochs, [s["mean"] for s in stats], label=name)
-            ax.fill_between(epochs, [s["min"] for s in stats], [s["max"] for s in stats], color=line.get_color(), alpha=0.2)
-        ax.set_title(f"{model.upper()} ({_seeds(len(results['seeds']))}: mean, min-max band)")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("nats per image" if model == "vae" else "BCE")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "figures/losses.png")
-    plt.close(fig)
-    return "figures/losses.png"
-
-
-def _plot_metric(ax, results: dict, name: str, epochs: list[int]) -> None:
-    """Per model: mean over seeds, solid with a min-max band for the headline weights, dashed for the other."""
-    for model in MODELS:
-        default = results["weights"][model]
-        for kind in sorted(results["models"][model]["scores"], key=lambda k: k != default):
-            stats = [summary(_values(results, model, kind, e, name)) for e in epochs]
-            solid = kind == default
-            ax.plot(
-                epochs,
-                [s["mean"] for s in stats],
-                color=COLORS[model],
-                linestyle="-" if solid else "--",
-                marker="o" if solid else "x",
-                fillstyle="full" if solid else "none",
-                label=f"{model.upper()} {KINDS[kind]}",
-            )
-            if solid:
-                low, high = [s["min"] for s in stats], [s["max"] for s in stats]
-                ax.fill_between(epochs, low, high, color=COLORS[model], alpha=0.2)
-                # The band as bars too: a band over a single checkpoint has no width.
-                means = [s["mean"] for s in stats]
-                yerr = [[m - lo for m, lo in zip(means, low)], [hi - m for m, hi in zip(means, high)]]
-                ax.errorbar(epochs, means, yerr=yerr, color=COLORS[model], linestyle="none", capsize=4)
-    ax.axhline(results["reference"]["train_split"][name], color="gray", linestyle=":", label="training split")
-
-
-def _metrics_figure(out: Path, results: dict, epochs: list[int]) -> str:
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(SCORE_NAMES), figsize=(3.2 * len(SCORE_NAMES), 3.4), dpi=100)
-    for ax, name in zip(axes, SCORE_NAMES):
-        _plot_metric(ax, results, name, epochs)
-        if name == "frechet_distance":
-            ax.set_yscale("log")
-        ax.set_xscale("log")
-        ax.set_xticks(epochs, [str(e) for e in epochs])
-        ax.minorticks_off()
-        ax.set_title(LABELS[name] + (" (higher better)" if HIGHER_IS_BETTER[name] else " (lower better)"), fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "figures/metrics.png")
-    plt.close(fig)
-    return "figures/metrics.png"
 
 
 def _score_table(results: dict, epochs: list[int]) -> list[str]:
@@ -191,7 +79,7 @@ def _dominance(results: dict, model: str, epochs: list[int]) -> str:
     pairs = [_spreads(results, model, e, n) for e in epochs for n in SCORE_NAMES]
     pairs = [(seeds, sampling) for seeds, sampling in pairs if seeds is not None and sampling is not None]
     if not pairs:
-        n_seeds = _seeds(len(results["seeds"]))
+        n_seeds = seeds_text(len(results["seeds"]))
         return f"- {model.upper()}: with {n_seeds} there is no spread over seeds to set against the sampling error."
     larger = sum(seeds > sampling for seeds, sampling in pairs)
     if 2 * larger > len(pairs):
@@ -207,7 +95,31 @@ def _verdict_cell(verdict: tuple[str | None, float | None], n_seeds: int) -> str
     won, p = verdict
     if won is not None:
         return f"**{won.upper()}** ({_p(p)})"
-    return f"not distinguishable with {_seeds(n_seeds)}" + ("" if p is None else f" ({_p(p)})")
+    return f"not distinguishable with {seeds_text(n_seeds)}" + ("" if p is None else f" ({_p(p)})")
+
+
+def headline(results: dict) -> list[str]:
+    """The short table the README shows: each model's default weights, mean ± sd over seeds at each epoch, the
+    winner by Welch's test, and the training split for scale."""
+    epochs, names = list(results["config"]["epochs"]), SCORE_NAMES
+    lines = [
+        "| | " + " | ".join(LABELS[n] for n in names) + " | VAE test loss / IWAE NLL |",
+        "|---" * (len(names) + 2) + "|",
+    ]
+    for epoch in epochs:
+        for model in MODELS:
+            cells = [_pm(_headline(results, model, epoch, n)) for n in names]
+            has = results["models"][model]["scores"][results["weights"][model]][epoch][results["seeds"][0]]
+            nats = [_pm(_headline(results, model, epoch, k), "{:.1f}".format) for k in ("test_loss", "iwae_nll") if k in has]
+            lines.append(f"| {model.upper()}, epoch {epoch} | " + " | ".join(cells) + f" | {' / '.join(nats)} |")
+        verdicts = [
+            winner(_headline(results, "gan", epoch, n), _headline(results, "vae", epoch, n), HIGHER_IS_BETTER[n]) for n in names
+        ]
+        cells = [won.upper() if won else "not distinguishable" for won, _ in verdicts]
+        lines.append(f"| winner at {epoch} (Welch, {ALPHA}) | " + " | ".join(cells) + " | |")
+    train = results["reference"]["train_split"]
+    lines.append("| training split (best possible) | " + " | ".join(_fmt(train[n]) for n in names) + " | |")
+    return lines
 
 
 def _conclusion(results: dict, epochs: list[int]) -> list[str]:
@@ -224,7 +136,7 @@ def _conclusion(results: dict, epochs: list[int]) -> list[str]:
         lines.append(f"- At epoch {last} the **{model.upper()}** is better on {', '.join(names) if names else 'no metric'}.")
     tied = [LABELS[n] for n in SCORE_NAMES if won_at[last][n][0] is None]
     if tied:
-        lines.append(f"- At epoch {last}, not distinguishable with {_seeds(n_seeds)}: {', '.join(tied)}.")
+        lines.append(f"- At epoch {last}, not distinguishable with {seeds_text(n_seeds)}: {', '.join(tied)}.")
     changed = [
         f"{LABELS[n]} ({e}: {won_at[e][n][0].upper() if won_at[e][n][0] else 'not distinguishable'})"
         for e in epochs[:-1]
@@ -273,7 +185,9 @@ def _effects(results: dict, model: str, epoch: int) -> dict[str, dict]:
     names = SCORE_NAMES + (tuple(LIKELIHOODS) if model == "vae" else ())
     return {
         n: ema_effect(
-            _values(results, model, "raw", epoch, n), _values(results, model, "ema", epoch, n), HIGHER_IS_BETTER.get(n, False)
+            seed_values(results, model, "raw", epoch, n),
+            seed_values(results, model, "ema", epoch, n),
+            HIGHER_IS_BETTER.get(n, False),
         )
         for n in names
     }
@@ -289,7 +203,7 @@ def _ema_section(results: dict, epochs: list[int]) -> list[str]:
     lines = [
         "## EMA of the weights",
         "",
-        f"Each cell: the mean over the {_seeds(n_seeds)} (training seeds) of (EMA score - raw score), both from the "
+        f"Each cell: the mean over the {seeds_text(n_seeds)} (training seeds) of (EMA score - raw score), both from the "
         f"same training run, and the verdict of a two-sided paired t-test over seeds at α = {ALPHA}: *helps* when "
         "significant and in the metric's better direction, *hurts* when significant the other way, otherwise "
         "*no detectable effect*.",
@@ -308,7 +222,7 @@ def _ema_section(results: dict, epochs: list[int]) -> list[str]:
     for model in MODELS:
         helps, hurts, total = verdicts[model].count("helps"), verdicts[model].count("hurts"), len(verdicts[model])
         if n_seeds < 2:
-            favour = f"with {_seeds(n_seeds)} the paired test cannot run: no verdict on the EMA"
+            favour = f"with {seeds_text(n_seeds)} the paired test cannot run: no verdict on the EMA"
         else:
             favoured = "the EMA weights" if helps > hurts else "the raw weights" if hurts > helps else "neither"
             favour = f"the numbers favour {favoured}"
@@ -408,8 +322,8 @@ def write_report(out: Path, results: dict, samples: dict[int, dict[str, torch.Te
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     epochs = list(results["config"]["epochs"])
-    grids = [_grid_figure(out, samples[e], e) for e in epochs]
-    _metrics_figure(out, results, epochs)
+    grids = [grid_figure(out, samples[e], e) for e in epochs]
+    metrics_figure(out, results, epochs)
     lines = [
         *_header(results, epochs),
         "",
@@ -419,7 +333,7 @@ def write_report(out: Path, results: dict, samples: dict[int, dict[str, torch.Te
         "",
         f"A model wins a metric at an epoch only when Welch's two-sided t-test (unequal variances) over the training "
         f"seeds rejects equal means at α = {ALPHA}; otherwise the cell says *not distinguishable with "
-        f"{_seeds(len(results['seeds']))}*. Fewer than 2 seeds per model leave nothing to test. Each cell is its own "
+        f"{seeds_text(len(results['seeds']))}*. Fewer than 2 seeds per model leave nothing to test. Each cell is its own "
         f"test, uncorrected for the others: if the models were equal on everything, about "
         f"{len(epochs) * len(SCORE_NAMES) * ALPHA:.2g} of these {len(epochs) * len(SCORE_NAMES)} cells would still name "
         "a winner by chance, so read a lone cell with p near the level as weak evidence.",
@@ -433,9 +347,9 @@ def write_report(out: Path, results: dict, samples: dict[int, dict[str, torch.Te
         "",
         "## Loss curves",
         "",
-        f"![loss curves]({_loss_figure(out, results)})",
+        f"![loss curves]({loss_figure(out, results)})",
         "",
-        f"Means over the {_seeds(len(results['seeds']))} (training seeds); the shaded band spans the minimum to the maximum "
+        f"Means over the {seeds_text(len(results['seeds']))} (training seeds); the shaded band spans the minimum to the maximum "
         "over seeds.",
         "",
         "## Training time",

@@ -160,7 +160,7 @@ def linear_leaky_relu_dropout_bwd_kernel(
     tl.store(grad_pre_ptr + offs, (g * d).to(grad_pre_ptr.dtype.element_ty), mask=in_bounds)
 
 
-# For the ahead-of-time build (bench/static_report.py, tests/test_gpu_builds.py), per kernel: each
+# For the ahead-of-time build (bench/aot_builds.py, tests/test_gpu_builds.py), per kernel: each
 # parameter's Triton type ("{dtype}" is the op's float type: fp32, fp16 or bf16), every value each
 # constexpr can take from the launcher (per dtype where it depends on it), the unit strides Triton
 # turns into the constant 1 for the layouts the launcher accepts, and the autotuner's configs.
