@@ -1,6 +1,9 @@
-"""Turn pytest-benchmark results into a markdown table of speed ratios against each group's yardstick.
+"""Turn pytest-benchmark results into a markdown table of speed ratios against each group's yardstick, and
+rebuild the documents' speed sections from the committed results folders.
 
     python bench/report.py RESULTS.json [MORE.json ...] > results.md
+    python -m bench.report --docs        # README.md's glance, docs/performance.md's tables, docs/figures/speed.png
+    python -m bench.report --check       # exit 1 if the committed documents differ from what --docs would write
 
 In every group, the row named by its `extra_info["role"] == "reference"` is 1.00x; the others show
 median time, throughput where recorded, and speed-up (reference median / row median).
@@ -49,10 +52,25 @@ def header(machine_info: dict, benchmarks: list[dict]) -> str:
     )
 
 
+def docs(check: bool) -> int:
+    from bench import generated_docs as speed_docs
+
+    if not check:
+        for path in speed_docs.write():
+            print(f"wrote {path}")
+        return 0
+    stale = [str(p) for p, text in speed_docs.rendered().items() if (speed_docs.REPO / p).read_text() != text]
+    if stale:
+        print(f"out of date with bench/results/: {', '.join(stale)}; run python -m bench.report --docs", file=sys.stderr)
+    return 1 if stale else 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        print("usage: python bench/report.py RESULTS.json [MORE.json ...]", file=sys.stderr)
+    if argv in (["--docs"], ["--check"]):
+        return docs(check=argv == ["--check"])
+    if not argv or argv[0].startswith("-"):
+        print("usage: python bench/report.py RESULTS.json [MORE.json ...] | --docs | --check", file=sys.stderr)
         return 2
     files = []
     for name in argv:
