@@ -69,8 +69,30 @@ def real_evaluator(tmp_path_factory, real_mnist):
     return load_evaluator("mnist", data_dir=real_mnist, download=False, folder=tmp_path_factory.mktemp("evaluators"))
 
 
+QUICK_SET = "not slow"  # pyproject.toml's addopts: what a bare `pytest` runs
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true", help="the whole suite: the quick set and the tests marked slow")
+
+
+def pytest_configure(config):
+    if config.getoption("--full") and config.option.markexpr == QUICK_SET:
+        config.option.markexpr = ""
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` (select them all with `-m gpu`) skip where there is no CUDA device."""
+    """Tests marked `gpu` (select them all with `-m gpu`) skip where there is no CUDA device. A bare `pytest`
+    (the quick set) must keep at least one test of every test file: a file marked slow in whole is an error."""
+    if (
+        config.option.markexpr == QUICK_SET
+        and not config.option.keyword
+        and config.args_source == pytest.Config.ArgsSource.TESTPATHS
+    ):
+        quick = {item.path for item in items if "slow" not in item.keywords}
+        left_out = sorted({item.path.name for item in items} - {p.name for p in quick})
+        if left_out:
+            raise pytest.UsageError(f"the quick test set has no test of {', '.join(left_out)}: unmark one of each")
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (marked gpu)")

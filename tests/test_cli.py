@@ -11,7 +11,7 @@ from fastgen.environment import cpu_has_fast_bf16
 from tests.helpers import run_cli, train_cli
 
 
-@pytest.mark.parametrize("model", ["gan", "vae"])
+@pytest.mark.parametrize("model", [pytest.param("gan", marks=pytest.mark.slow), "vae"])
 def test_short_run_writes_every_file(mnist, tmp_path, model):
     out = tmp_path / "run"
     result = train_cli("--model", model, "--max-steps", "30", "--data-dir", str(mnist), "--out", str(out), "--amp")
@@ -42,6 +42,7 @@ def test_short_run_writes_every_file(mnist, tmp_path, model):
     assert result.stderr.count("--amp") == (0 if cpu_has_fast_bf16() else 1)
 
 
+@pytest.mark.slow
 def test_same_seed_same_losses_different_seed_different_losses(mnist, tmp_path):
     def losses(name, seed):
         out = tmp_path / name
@@ -55,6 +56,7 @@ def test_same_seed_same_losses_different_seed_different_losses(mnist, tmp_path):
     assert losses("a2", 1) != losses("c", 2)
 
 
+@pytest.mark.slow
 def test_sample_cli_writes_a_grid(mnist, tmp_path):
     out = tmp_path / "run"
     assert (
@@ -74,16 +76,16 @@ def test_sample_cli_writes_a_grid(mnist, tmp_path):
     "args, needle",
     [
         (["--model", "gan", "--epochs", "-1"], "--epochs"),
-        (["--model", "gan", "--epochs", "0"], "--epochs"),
-        (["--model", "gan", "--batch-size", "0"], "--batch-size"),
+        pytest.param(["--model", "gan", "--epochs", "0"], "--epochs", marks=pytest.mark.slow),
+        pytest.param(["--model", "gan", "--batch-size", "0"], "--batch-size", marks=pytest.mark.slow),
         (["--model", "gan", "--batch-size", "70000"], "larger than the training split"),
-        (["--model", "gan", "--lr", "-3"], "--lr"),
-        (["--model", "gan", "--max-steps", "x"], "--max-steps"),
-        (["--model", "diffusion"], "--model"),
-        ([], "--model"),
-        (["--model", "gan", "--kernels", "triton"], "--kernels triton"),
-        (["--model", "gan", "--dataset", "cifar"], "--dataset"),
-        (["--model", "gan", "--amp-dtype", "fp8"], "--amp-dtype"),
+        pytest.param(["--model", "gan", "--lr", "-3"], "--lr", marks=pytest.mark.slow),
+        pytest.param(["--model", "gan", "--max-steps", "x"], "--max-steps", marks=pytest.mark.slow),
+        pytest.param(["--model", "diffusion"], "--model", marks=pytest.mark.slow),
+        pytest.param([], "--model", marks=pytest.mark.slow),
+        pytest.param(["--model", "gan", "--kernels", "triton"], "--kernels triton", marks=pytest.mark.slow),
+        pytest.param(["--model", "gan", "--dataset", "cifar"], "--dataset", marks=pytest.mark.slow),
+        pytest.param(["--model", "gan", "--amp-dtype", "fp8"], "--amp-dtype", marks=pytest.mark.slow),
     ],
 )
 def test_bad_values_exit_2_with_one_line(mnist, tmp_path, args, needle):
@@ -94,6 +96,7 @@ def test_bad_values_exit_2_with_one_line(mnist, tmp_path, args, needle):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
 def test_cuda_asked_for_without_cuda_is_one_line(mnist, tmp_path):
     result = run_cli(
@@ -113,6 +116,7 @@ def test_cuda_asked_for_without_cuda_is_one_line(mnist, tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no CUDA device" in result.stderr
 
 
+@pytest.mark.slow
 def test_cuda_graphs_on_cpu_are_refused_with_a_notice_and_training_goes_on(mnist, tmp_path):
     out = tmp_path / "run"
     result = train_cli(
@@ -123,6 +127,7 @@ def test_cuda_graphs_on_cpu_are_refused_with_a_notice_and_training_goes_on(mnist
     assert summary["cuda_graphs"] is False
 
 
+@pytest.mark.slow
 def test_out_holding_another_run_is_refused_unless_overwrite(mnist, tmp_path):
     out = tmp_path / "run"
     args = ["--model", "gan", "--max-steps", "2", "--data-dir", str(mnist), "--out", str(out), "--quiet"]
@@ -132,12 +137,14 @@ def test_out_holding_another_run_is_refused_unless_overwrite(mnist, tmp_path):
     assert train_cli(*args, "--overwrite").returncode == 0
 
 
+@pytest.mark.slow
 def test_corrupt_weights_file_is_one_line(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
     result = run_cli("fastgen.sample", str(tmp_path), "--out", str(tmp_path / "g.png"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "corrupt" in result.stderr
 
 
+@pytest.mark.slow
 def test_unwritable_out_is_one_line(mnist, tmp_path):
     (tmp_path / "a-file").write_text("")
     result = train_cli("--model", "gan", "--max-steps", "1", "--data-dir", str(mnist), "--out", str(tmp_path / "a-file" / "run"))

@@ -25,6 +25,7 @@ def _run(model, device, mnist, steps, compile=False, cuda_graphs=False, amp_dtyp
     return losses.cpu(), describe(step), notices, trainer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["gan", "vae"])
 def test_compiled_step_matches_eager_over_20_steps(mnist, model):
     """Same seed: compiled and eager losses agree within 1% over 20 steps. Step 1 agrees to float32

@@ -34,7 +34,7 @@ def _rows(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("model", ["gan", "vae"])
+@pytest.mark.parametrize("model", [pytest.param("gan", marks=pytest.mark.slow), pytest.param("vae", marks=pytest.mark.slow)])
 def test_two_processes_match_one_at_the_same_global_batch_and_write_one_run(mnist, tmp_path, model):
     common = ["--model", model, "--max-steps", "60", "--data-dir", str(mnist)]
     alone = train_cli(*common, "--out", str(tmp_path / "one"), "--quiet", "--no-compile", cwd=tmp_path)
@@ -53,6 +53,7 @@ def test_two_processes_match_one_at_the_same_global_batch_and_write_one_run(mnis
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
 
 
+@pytest.mark.slow
 def test_resume_under_torchrun_continues_exactly(mnist, tmp_path):
     # The VAE draws all its noise from Philox keys kept in the checkpoint, so even the 2-process resume is exact.
     common = ["--model", "vae", "--data-dir", str(mnist)]

@@ -46,6 +46,7 @@ def test_each_step_updates_the_average_of_the_sampling_network_only(trainer_clas
         torch.testing.assert_close(new, 0.5 * old + 0.5 * p.detach())
 
 
+@pytest.mark.slow
 def test_compiled_step_updates_the_average_inside_its_graph():
     torch.manual_seed(0)
     trainer = VAETrainer(TrainConfig(model="vae", ema=0.9).resolved(), torch.device("cpu"))
@@ -82,6 +83,7 @@ def test_weights_file_holds_both_and_load_says_which_it_gives(mnist, tmp_path):
     assert not torch.equal(raw(torch.zeros(1, 100)), ema(torch.zeros(1, 100)))
 
 
+@pytest.mark.slow
 def test_a_run_without_an_average_loads_raw_and_refuses_ema(mnist, tmp_path):
     _train(mnist, tmp_path / "run", ema=0)
     assert not any(k.startswith("ema.") for k in load_file(tmp_path / "run" / "model.safetensors"))
@@ -102,12 +104,15 @@ def test_resume_continues_the_average_bit_for_bit(mnist, tmp_path):
         assert averaged and all(torch.equal(a[k], b[k]) for k in averaged), name
 
 
-@pytest.mark.parametrize("value", ["1", "-0.1", "nan"])
+@pytest.mark.parametrize(
+    "value", ["1", pytest.param("-0.1", marks=pytest.mark.slow), pytest.param("nan", marks=pytest.mark.slow)]
+)
 def test_bad_decay_is_one_line_exit_2(value, tmp_path):
     result = run_cli("fastgen.train", "--model", "vae", "--ema", value, "--out", str(tmp_path / "r"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--ema" in result.stderr
 
 
+@pytest.mark.slow
 def test_sample_and_evaluate_name_the_weights(mnist, tmp_path, evaluator_cache):
     _train(mnist, tmp_path / "run", model="vae")
     out = run_cli("fastgen.sample", str(tmp_path / "run"), "--weights", "raw", "--out", str(tmp_path / "g.png"))

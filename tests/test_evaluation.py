@@ -20,6 +20,7 @@ from fastgen.models.weights import read_weights
 from tests.helpers import run_cli, train_cli, write_split
 
 
+@pytest.mark.slow
 def test_evaluator_reaches_99_percent_on_the_mnist_test_split(real_evaluator, real_mnist):
     assert real_evaluator.accuracy >= 0.99
     images, labels = load_split("mnist", "test", real_mnist, download=False)
@@ -49,6 +50,7 @@ def test_evaluator_cache_is_reused_and_a_corrupt_file_retrains(tmp_path, mnist):
     assert evaluator_path("mnist", Recipe(epochs=2, train_images=512), tmp_path) != path
 
 
+@pytest.mark.slow
 def test_training_split_scores_near_best_and_noise_far_worse(real_evaluator, real_mnist):
     ref = reference_scores(real_evaluator, n=3000, data_dir=real_mnist, download=False)
     real, noise = ref["train_split"], ref["uniform_noise"]
@@ -86,6 +88,7 @@ def test_evaluate_api_on_a_generator_module(evaluator, mnist):
     assert "reference" not in without
 
 
+@pytest.mark.slow
 def test_evaluate_cli_writes_eval_json_for_a_vae_run(tmp_path, mnist, evaluator_cache):
     out = tmp_path / "run"
     assert (
@@ -132,9 +135,9 @@ def gan_run(tmp_path_factory, mnist):
     "args, message",
     [
         (["no-such-run"], "no fastgen weights at no-such-run"),
-        (["RUN", "--iwae-k", "5001"], "--iwae-k must be in [1, 5000]"),
-        (["RUN", "--n", "3"], "--n must be larger than 3"),
-        (["RUN", "--n", "0"], "argument --n: must be >= 1"),
+        pytest.param(["RUN", "--iwae-k", "5001"], "--iwae-k must be in [1, 5000]", marks=pytest.mark.slow),
+        pytest.param(["RUN", "--n", "3"], "--n must be larger than 3", marks=pytest.mark.slow),
+        pytest.param(["RUN", "--n", "0"], "argument --n: must be >= 1", marks=pytest.mark.slow),
     ],
 )
 def test_evaluate_cli_refuses_bad_input_in_one_line(tmp_path, mnist, evaluator_cache, gan_run, args, message):
@@ -155,6 +158,7 @@ def test_evaluate_cli_refuses_bad_input_in_one_line(tmp_path, mnist, evaluator_c
     assert not (gan_run / "eval.json").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_cli_reads_the_data_the_run_was_trained_on(tmp_path, mnist, evaluator_cache):
     """No --data-dir: the run's recorded (absolute) --data-dir is read, not $FASTGEN_DATA nor the cache.
     A relative --data-dir is given to training; evaluate runs elsewhere with $FASTGEN_DATA holding a corrupt
@@ -201,6 +205,7 @@ def test_evaluate_cli_reads_the_data_the_run_was_trained_on(tmp_path, mnist, eva
     assert scores["model"] == "vae" and set(scores["reference"]) == {"train_split", "uniform_noise"}
 
 
+@pytest.mark.slow
 def test_compare_quick_end_to_end_then_reuses_its_runs(tmp_path, mnist, evaluator_cache):
     out = tmp_path / "cmp"
     args = ["--quick", "--out", str(out), "--device", "cpu", "--data-dir", str(mnist), "--no-download"]
@@ -241,9 +246,9 @@ def test_compare_quick_end_to_end_then_reuses_its_runs(tmp_path, mnist, evaluato
     "args, message",
     [
         (["--seeds", "0"], "--seeds: must be >= 1"),
-        (["--draws", "1"], "--draws: must be >= 2"),
-        (["--ema", "1.5"], "--ema must be in (0, 1)"),
-        (["--ema", "0"], "--ema: must be > 0"),
+        pytest.param(["--draws", "1"], "--draws: must be >= 2", marks=pytest.mark.slow),
+        pytest.param(["--ema", "1.5"], "--ema must be in (0, 1)", marks=pytest.mark.slow),
+        pytest.param(["--ema", "0"], "--ema: must be > 0", marks=pytest.mark.slow),
     ],
 )
 def test_compare_refuses_bad_seed_draw_and_ema_settings_in_one_line(tmp_path, args, message):

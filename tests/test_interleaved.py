@@ -2,9 +2,12 @@
 
 import re
 
+import pytest
+
 from bench import interleaved
 
 
+@pytest.mark.slow
 def test_interleaved_table_has_a_row_per_variant_and_a_column_per_repeat(capsys):
     interleaved.main(["--model", "vae", "--repeats", "2", "--variants", "eager", "native eager"])
     out, err = capsys.readouterr()
@@ -13,3 +16,10 @@ def test_interleaved_table_has_a_row_per_variant_and_a_column_per_repeat(capsys)
     assert set(rows) == {"eager", "native eager"}
     assert rows["eager"].endswith("| 1.00x - 1.00x |")
     assert len(re.findall(r"\| \d+\.\d\d ", rows["native eager"])) == 2
+
+
+def test_one_repeat_times_each_variant_in_its_own_process(capsys):
+    interleaved.main(["--model", "vae", "--repeats", "1", "--variants", "eager"])
+    out, err = capsys.readouterr()
+    assert len(re.findall(r"^repeat 1, eager: (\d+\.\d+ ?){5}$", err, re.M)) == 1, err
+    assert any(line.startswith("| eager |") and line.endswith("| 1.00x - 1.00x |") for line in out.splitlines()), out

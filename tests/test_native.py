@@ -579,6 +579,7 @@ def test_loaded_once_per_process(native_library):
     assert "building" not in done.stderr
 
 
+@pytest.mark.slow
 def test_turned_off_by_the_environment(tmp_path):
     """FASTGEN_NATIVE=0: not available, with the reason, and nothing built or loaded (an empty cache stays empty)."""
     done = _run_python(
@@ -593,6 +594,7 @@ def test_turned_off_by_the_environment(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_no_cmake_means_unavailable_with_a_reason(tmp_path):
     done = _run_python(
         "import fastgen.ops.native as n; print(n.available()); print(n.reason)", PATH=str(tmp_path), XDG_CACHE_HOME=str(tmp_path)
@@ -669,6 +671,7 @@ def test_the_cache_path_names_torch_and_the_sources():
     assert native.library_path() == directory / native.LIBRARY_FILE
 
 
+@pytest.mark.slow
 def test_the_library_keeps_flush_to_zero_off():
     """-ffast-math in any object of the library would turn on flush-to-zero in the whole process that loads it.
     Checked in a fresh process: this one may have run fastgen.train, which flushes denormals on purpose."""

@@ -110,6 +110,7 @@ def test_a_resume_keeps_the_kernels_the_run_trained_with(mnist, tmp_path):
     assert summary["kernels"] == "eager" and summary["steps"] == 8
 
 
+@pytest.mark.slow
 def test_without_native_kernels_auto_trains_on_plain_ops_after_one_notice(mnist, tmp_path):
     args = (
         "--model",

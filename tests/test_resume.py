@@ -68,7 +68,7 @@ def test_resume_extends_a_finished_run(mnist, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "compiled"])
 @pytest.mark.parametrize("model", ["gan", "vae"])
 def test_resume_at_an_epoch_boundary_is_bit_identical(mnist, tmp_path, model, compile):
     # fastgen.compare trains to epoch 10, then continues the same run to 50 and 200 this way, with the
@@ -115,6 +115,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(mnist, tmp_path, mo
     assert all(torch.isfinite(t).all() for k, t in kept.tensors.items() if t.is_floating_point())
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_one_line_exit_2(tmp_path):
     (tmp_path / "checkpoint.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{trunc")
     result = run_cli("fastgen.train", "--resume", str(tmp_path), cwd=tmp_path)
