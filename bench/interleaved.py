@@ -2,6 +2,10 @@
 pace land on every variant alike:
 
     python -m bench.interleaved --model gan [--amp] [--repeats 3] [--variants eager "native compiled"]
+    python -m bench.interleaved --model gan --amp --variants "native compiled" --against ../before   # before/after
+
+`--against CHECKOUT` also runs every variant from another checkout of fastgen (a worktree of an earlier
+commit, say), in its own process in the same repeat: the ratio of the two is a change's speed-up.
 
 pytest-benchmark times one variant after the other. On this project's shared 2-core CPUs the same step
 has been seen to run at 11 ms for minutes and then at 19-21 ms for minutes, so a ratio of two variants
@@ -58,19 +62,26 @@ def _child(model: str, variant: str, amp: bool) -> None:
             sync()
             if r:  # round 0 compiles, captures and warms up
                 rounds.append((time.perf_counter() - start) / STEPS * 1e3)
-    print(json.dumps({"ms_per_step": rounds, "notices": notices}))
+    import fastgen
+
+    print(json.dumps({"ms_per_step": rounds, "notices": notices, "fastgen": os.path.dirname(os.path.abspath(fastgen.__file__))}))
 
 
-def _run_child(model: str, variant: str, amp: bool) -> list[float]:
+def _run_child(model: str, variant: str, amp: bool, checkout: str | None = None) -> list[float]:
+    """ms per step of each round of one variant, in a fresh process; from `checkout`'s fastgen if given."""
     command = [sys.executable, "-m", "bench.interleaved", "--child", "--model", model, "--variants", variant]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # time kernels, not their interpreter
-    done = subprocess.run(command + (["--amp"] if amp else []), capture_output=True, text=True, env=env)
+    if checkout:
+        env["PYTHONPATH"] = checkout  # ahead of an installed fastgen
+    done = subprocess.run(command + (["--amp"] if amp else []), capture_output=True, text=True, env=env, cwd=checkout)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
         raise SystemExit(f"{variant}: the child failed:\n{done.stderr[-2000:]}")
     result = json.loads(lines[-1])
     if result["notices"]:  # a silent fallback would mislabel the numbers
         raise SystemExit(f"{variant}: {result['notices']}")
+    if checkout and not result["fastgen"].startswith(checkout):
+        raise SystemExit(f"{variant}: ran fastgen from {result['fastgen']}, not from {checkout}")
     return result["ms_per_step"]
 
 
@@ -80,6 +91,7 @@ def main(argv=None) -> None:
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None, help="the first is the reference")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--against", metavar="CHECKOUT", help="also run each variant from this checkout of fastgen")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -87,11 +99,16 @@ def main(argv=None) -> None:
     import torch
 
     on_cpu = not torch.cuda.is_available()
-    variants = args.variants or [v for v in VARIANTS if ("graphed" if on_cpu else "native") not in v]
+    chosen = args.variants or [v for v in VARIANTS if ("graphed" if on_cpu else "native") not in v]
+    runs = [(v, None) for v in chosen]  # (variant, checkout): the other checkout's first, as the reference
+    if args.against:
+        label = os.path.basename(os.path.abspath(args.against))
+        runs = [(f"{v} @ {label}", os.path.abspath(args.against)) for v in chosen] + runs
+    variants = [name for name, _ in runs]
     times = {v: [] for v in variants}  # per repeat: the round times
     for repeat in range(args.repeats):
-        for variant in variants:
-            times[variant].append(_run_child(args.model, variant, args.amp))
+        for variant, checkout in runs:
+            times[variant].append(_run_child(args.model, variant.split(" @ ")[0], args.amp, checkout))
             print(f"repeat {repeat + 1}, {variant}: " + " ".join(f"{t:.2f}" for t in times[variant][-1]), file=sys.stderr)
     reference = variants[0]
     print(

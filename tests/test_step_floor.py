@@ -1,32 +1,35 @@
-"""bench/step_floor.py: its list of the GAN step's matmuls is the one autograd runs, and it reports the parts."""
+"""bench/step_floor.py: the matmuls it replays are the ones a step runs, and it reports the parts."""
 
 from collections import Counter
 
+import pytest
 import torch
 
 from bench import step_floor
 from fastgen.config import TrainConfig
+from fastgen.environment import cpu_has_fast_bf16
 from fastgen.training.trainers import GANTrainer
 
 
-def test_the_listed_matmuls_are_the_ones_a_gan_step_runs():
+def test_the_profiled_matmuls_are_the_ones_a_gan_step_runs():
+    """The profiled list against the one derived by hand from the layer sizes."""
     torch.manual_seed(0)
     config = TrainConfig(model="gan", batch_size=8, kernels="eager").resolved()
     trainer = GANTrainer(config, torch.device("cpu"), None)
-    with torch.profiler.profile(record_shapes=True) as prof:
-        trainer.step(torch.rand(8, 784) * 2 - 1)
-    ran = Counter()
-    for event in prof.events():
-        if event.name == "aten::mm":
-            (m, k), (_, n) = event.input_shapes[:2]
-            ran[(m, k, n)] += 1
-        elif event.name == "aten::addmm":
-            (m, k), (_, n) = event.input_shapes[1:3]
-            ran[(m, k, n)] += 1
-    assert ran == Counter(step_floor.step_matmuls(8))
+    ran = step_floor.profiled_matmuls(trainer, torch.rand(8, 784) * 2 - 1)
+    assert {dtype for *_, dtype in ran} == {torch.float32}
+    assert Counter((m, k, n) for m, k, n, _ in ran) == Counter(step_floor.step_matmuls(8))
 
 
-def test_it_reports_step_matmuls_adam_and_the_rest(capsys):
-    result = step_floor.main(["--rounds", "1", "--eager"])
-    assert set(result) == {"step", "matmuls", "adam", "rest"} and result["matmuls"] > 0 and result["adam"] > 0
-    assert "30 matmuls" in capsys.readouterr().out
+@pytest.mark.parametrize("model", ["gan", "vae"])
+def test_it_reports_step_matmuls_adam_and_the_rest(capsys, model):
+    result = step_floor.main(["--model", model, "--rounds", "1", "--eager"])
+    assert set(result) == {"step", "matmuls", "adam", "rest", "over_floor"} and result["matmuls"] > 0 and result["adam"] > 0
+    assert f"{30 if model == 'gan' else 17} matmuls" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not cpu_has_fast_bf16(), reason="this CPU has no fast bf16: --amp trains in float32")
+def test_with_amp_it_replays_bf16_matmuls(capsys):
+    result = step_floor.main(["--model", "vae", "--amp", "--rounds", "1", "--eager"])
+    assert result["over_floor"] > 0
+    assert "bf16" in capsys.readouterr().out
