@@ -93,11 +93,7 @@ class VAE(nn.Module):
 
     def loss(self, x: torch.Tensor, seed=None, reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, bce, kl) per image (summed over pixels / latents), reduced as asked; x in [0, 1]."""
-        return self.loss_of(x, self(x, seed), reduction)
-
-    def loss_of(self, x: torch.Tensor, outputs, reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`loss` from this network's outputs (logits, mu, logvar) for x, computed by any weights of it (`functional_call`)."""
-        logits, mu, logvar = outputs
+        logits, mu, logvar = self(x, seed)
         target = x.reshape(x.shape[0], IMAGE_PIXELS)
         kl = kl_to_standard_normal(mu, logvar)
         loss = bce_kl_loss(logits, target, mu, logvar, reduction="none", kernels=self.reparameterize.kernels)

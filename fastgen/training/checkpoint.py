@@ -125,8 +125,6 @@ def restore(trainer, checkpoint: Checkpoint) -> None:
                     f"{tuple(value.shape)}, expected {tuple(target.shape)}"
                 )
             target.copy_(value)
-        for working in trainer.working:  # --amp's low-precision copies follow the restored weights
-            working.refresh()
 
 
 def restore_rng(checkpoint: Checkpoint) -> None:

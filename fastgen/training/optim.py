@@ -123,7 +123,7 @@ class DeviceLossScaler:
 
         Under torchrun the scaled gradients are averaged first, so every rank sees the same inf/NaN
         and keeps the same scale."""
-        grads = [g.float() for g in torch.autograd.grad(loss * self.scale, params)]  # fp16 copies' grads unscale in fp32
+        grads = list(torch.autograd.grad(loss * self.scale, params))
         if reduce_grads is not None:
             grads = list(reduce_grads(grads))
         found_inf = torch.zeros((), dtype=torch.float32, device=self.scale.device)

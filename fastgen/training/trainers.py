@@ -16,7 +16,6 @@ from fastgen.evaluation import likelihood
 from fastgen.models import VAE, Discriminator, Generator
 from fastgen.training.ema import EMA
 from fastgen.training.optim import DeviceLossScaler, StepAdam
-from fastgen.training.working_weights import WorkingWeights
 
 GRID_IMAGES = 64  # an 8x8 sample grid
 
@@ -33,7 +32,6 @@ class Trainer(Protocol):
     scalers: dict[str, DeviceLossScaler | None]
     reduce_grads: object  # None, or under torchrun the mean of the gradients over ranks
     ema: EMA | None  # the moving average of the sampling network's weights (None: --ema 0)
-    working: list[WorkingWeights]  # --amp: the low-precision copies the step computes with (empty in float32)
 
     def step(self, batch: torch.Tensor) -> torch.Tensor: ...
     def train(self, mode: bool = True) -> None: ...
@@ -41,34 +39,14 @@ class Trainer(Protocol):
     def sample_grids(self) -> dict[str, torch.Tensor]: ...
 
 
-def apply_update(
-    loss: torch.Tensor,
-    params,
-    optimizer: StepAdam,
-    scaler: DeviceLossScaler | None,
-    reduce_grads=None,
-    working: WorkingWeights | None = None,
-) -> None:
+def apply_update(loss: torch.Tensor, params, optimizer: StepAdam, scaler: DeviceLossScaler | None, reduce_grads=None) -> None:
     """Gradients of `loss` for `params` only (autograd skips everything else), averaged across ranks by
-    `reduce_grads` under torchrun, then one Adam update. With `working` copies, `params` are those copies:
-    their gradients reach Adam in float32, Adam updates the float32 masters, and the copies are rewritten."""
+    `reduce_grads` under torchrun, then one Adam update."""
     if scaler is None:
-        grads = [g.float() for g in torch.autograd.grad(loss, params)]  # float32 grads: .float() is a no-op
+        grads = torch.autograd.grad(loss, params)
         optimizer.step(grads if reduce_grads is None else reduce_grads(grads))
     else:
         optimizer.step(*scaler.grads(loss, params, reduce_grads))
-    if working is not None:
-        working.refresh()
-
-
-def _working(module: torch.nn.Module, amp_dtype: torch.dtype | None) -> WorkingWeights | None:
-    """Low-precision copies of `module`'s weights for the step to compute with, under --amp (None in float32)."""
-    return WorkingWeights(module, amp_dtype) if amp_dtype is not None else None
-
-
-def _run(module: torch.nn.Module, working: WorkingWeights | None, *args):
-    """module(*args), with its working copies in place of its parameters where there are copies."""
-    return module(*args) if working is None else functional_call(module, working.by_name, args)
 
 
 def autocast_factory(device: torch.device, amp_dtype: torch.dtype | None):
@@ -108,8 +86,6 @@ class GANTrainer:
         self.opt_d, self.scaler_d = _optimizer(self.d_params, config, device, amp_dtype)
         self.optimizers = {"generator": self.opt_g, "discriminator": self.opt_d}
         self.scalers = {"generator": self.scaler_g, "discriminator": self.scaler_d}
-        self.g_work, self.d_work = _working(self.generator, amp_dtype), _working(self.discriminator, amp_dtype)
-        self.working = [w for w in (self.g_work, self.d_work) if w is not None]
         self.autocast = autocast_factory(device, amp_dtype)
         self.device = device
         self.reduce_grads = None
@@ -119,24 +95,22 @@ class GANTrainer:
     def step(self, real: torch.Tensor) -> torch.Tensor:
         """real: (B, 784) in [-1, 1]. Returns (d_loss, g_loss, mean D(x), mean D(G(z))) on the device."""
         B = real.shape[0]
-        g_wrt = self.g_params if self.g_work is None else self.g_work.copies  # what autograd differentiates
-        d_wrt = self.d_params if self.d_work is None else self.d_work.copies
         with self.autocast():
-            fake = _run(self.generator, self.g_work, torch.randn(B, Generator.latent_dim, device=self.device)).reshape(B, -1)
+            fake = self.generator(torch.randn(B, Generator.latent_dim, device=self.device)).reshape(B, -1)
             # Real and fake in one discriminator pass: one set of larger matmuls instead of two.
-            logits = _run(self.discriminator, self.d_work, torch.cat([real, fake.detach().to(real.dtype)])).float()
+            logits = self.discriminator(torch.cat([real, fake.detach().to(real.dtype)])).float()
             real_logits, fake_logits = logits[:B], logits[B:]
             # BCE-with-logits against 1 / 0 is softplus(-l) / softplus(l).
             d_loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-        apply_update(d_loss, d_wrt, self.opt_d, self.scaler_d, self.reduce_grads, self.d_work)
+        apply_update(d_loss, self.d_params, self.opt_d, self.scaler_d, self.reduce_grads)
 
         with self.autocast():
             # D with detached weights: gradients flow to G through D's activations only. (A custom op's
             # backward sees which inputs need gradients as they were at forward time, so with D's own
             # parameters it would compute D's weight gradients here and throw them away.)
-            d_frozen = self.d_work.frozen() if self.d_work else {n: p.detach() for n, p in self.discriminator.named_parameters()}
+            d_frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
             g_loss = F.softplus(-functional_call(self.discriminator, d_frozen, (fake,)).float()).mean()
-        apply_update(g_loss, g_wrt, self.opt_g, self.scaler_g, self.reduce_grads, self.g_work)
+        apply_update(g_loss, self.g_params, self.opt_g, self.scaler_g, self.reduce_grads)
         if self.ema is not None:
             self.ema.update()
         return torch.stack(
@@ -179,8 +153,6 @@ class VAETrainer:
         self.opt, self.scaler = _optimizer(self.params, config, device, amp_dtype)
         self.optimizers = {"vae": self.opt}
         self.scalers = {"vae": self.scaler}
-        self.work = _working(self.vae, amp_dtype)
-        self.working = [self.work] if self.work is not None else []
         self.autocast = autocast_factory(device, amp_dtype)
         self.device = device
         self.reduce_grads = None
@@ -192,9 +164,8 @@ class VAETrainer:
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 784) in [0, 1]. Returns (loss, bce, kl) per image on the device."""
         with self.autocast():
-            loss, bce, kl = self.vae.loss_of(x, _run(self.vae, self.work, x))
-        wrt = self.params if self.work is None else self.work.copies
-        apply_update(loss, wrt, self.opt, self.scaler, self.reduce_grads, self.work)
+            loss, bce, kl = self.vae.loss(x)
+        apply_update(loss, self.params, self.opt, self.scaler, self.reduce_grads)
         if self.ema is not None:
             self.ema.update()
         return torch.stack([loss.detach(), bce, kl])
