@@ -71,8 +71,9 @@ def _run_child(model: str, variant: str, amp: bool, checkout: str | None = None)
     """ms per step of each round of one variant, in a fresh process; from `checkout`'s fastgen if given."""
     command = [sys.executable, "-m", "bench.interleaved", "--child", "--model", model, "--variants", variant]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # time kernels, not their interpreter
-    if checkout:
-        env["PYTHONPATH"] = checkout  # ahead of an installed fastgen
+    if checkout:  # this file's child code, with the other checkout's fastgen ahead of an installed one
+        command[1:3] = [os.path.abspath(__file__)]
+        env["PYTHONPATH"] = checkout
     done = subprocess.run(command + (["--amp"] if amp else []), capture_output=True, text=True, env=env, cwd=checkout)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
