@@ -529,14 +529,28 @@ def _samples(name: str, dtype: torch.dtype):
                 randn(47, 3),
             )
         ]
+    if name == "fused_linear_leaky_relu_dropout":  # gradients too: these ops hold their own backward
+        return [
+            (randn(47, 13).requires_grad_(), randn(5, 13).requires_grad_(), randn(5).requires_grad_(), k, 0.2, 0.3),
+            (randn(3, 4), randn(2, 4).requires_grad_(), None, k, 0.0, 0.0),
+        ]
+    if name == "fused_reparameterize":
+        return [
+            (randn(47, 3).requires_grad_(), randn(47, 3).requires_grad_(), None, k),
+            (randn(5, 16), randn(5, 16).requires_grad_(), randn(5, 16).requires_grad_(), k),
+        ]
+    if name == "fused_bce_kl_loss":
+        target = torch.rand(47, 13, generator=g).to(dtype)
+        return [(randn(47, 13, scale=3).requires_grad_(), target, randn(47, 3).requires_grad_(), randn(47, 3).requires_grad_())]
     raise AssertionError(f"no opcheck samples for fastgen_native::{name}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", list(native.SCHEMAS))
 def test_opcheck(name, dtype):
-    """Schema (mutation included), fake kernel, AOT dispatch. No autograd formula of their own: the
-    fastgen:: ops that call them hold it, so the inputs here do not require grad."""
+    """Schema (mutation included), fake kernel, AOT dispatch. The kernels hold no autograd formula of their own
+    (the fastgen:: ops that call them do), so their inputs do not require grad; the fused_* ops carry their
+    backward in C++, and theirs do."""
     op = getattr(ops, name).default
     for args in _samples(name, dtype):
         torch.library.opcheck(op, args)

@@ -7,6 +7,7 @@ import math
 import torch
 from torch.library import wrap_triton
 
+from fastgen.ops import eager_native
 from fastgen.ops.dispatch import define_op, native_runs_on, triton_runs_on, use_fused_ops
 from fastgen.ops.reference import bce_kl_loss_backward_reference, bce_kl_loss_reference
 from fastgen.ops.validation import check_same, check_shape, check_tensor
@@ -107,7 +108,8 @@ def bce_kl_loss(logits, target, mu, logvar, *, reduction: str = "mean", kernels:
         return bce_kl_loss_reference(logits, target, mu, logvar, reduction=reduction)
     shape = (logits.shape[0], math.prod(logits.shape[1:]))  # not (B, -1): an empty batch has no -1 to infer
     logits, target = logits.reshape(shape).contiguous(), target.reshape(shape).contiguous()
-    per_image = _forward(logits, target, mu.contiguous(), logvar.contiguous())
+    op = eager_native.bce_kl_loss if eager_native.use_eager_native(logits.device, logits.dtype) else _forward
+    per_image = op(logits, target, mu.contiguous(), logvar.contiguous())
     if reduction == "mean":
         return per_image.mean()
     if reduction == "sum":

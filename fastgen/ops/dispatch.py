@@ -61,11 +61,13 @@ def triton_runs_on(device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and _cpu_backend == "triton")
 
 
+# What the native CPU kernels take (fastgen.ops.native.DTYPES, which imports this module: a test holds them equal).
+NATIVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def native_runs_on(device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
     """True where a fused op runs the native CPU kernels: the CPU with backend "native", a dtype they take."""
-    from fastgen.ops.native import DTYPES
-
-    return _cpu_backend == "native" and device.type == "cpu" and dtype in DTYPES
+    return _cpu_backend == "native" and device.type == "cpu" and dtype in NATIVE_DTYPES
 
 
 def use_fused_ops(kernels: str, device: torch.device) -> bool:

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch.library import wrap_triton
 
+from fastgen.ops import eager_native
 from fastgen.ops.dispatch import define_op, native_runs_on, triton_runs_on, use_fused_ops
 from fastgen.ops.reference import linear_leaky_relu_dropout_grad_pre_reference, linear_leaky_relu_dropout_reference
 from fastgen.ops.rng import check_p, keep_mask, philox_key, random_seed
@@ -152,5 +153,8 @@ def linear_leaky_relu_dropout(
         return linear_leaky_relu_dropout_reference(x, weight, bias, negative_slope, mask, p)
     if key is None:  # the op's schema takes a key either way
         key = torch.zeros(2, dtype=torch.int64, device=x.device)
-    y = _forward(x.reshape(-1, x.shape[-1]), weight, bias, key, negative_slope, p)
+    op = eager_native.linear_leaky_relu_dropout if eager_native.use_eager_native(x.device, x.dtype) else _forward
+    if x.dim() == 2:
+        return op(x, weight, bias, key, negative_slope, p)
+    y = op(x.reshape(-1, x.shape[-1]), weight, bias, key, negative_slope, p)
     return y.reshape(*x.shape[:-1], weight.shape[0])

@@ -74,6 +74,11 @@ SCHEMAS = {
     # (grad_logits, grad_mu, grad_logvar) of that loss for dL/d(loss) per row.
     "bce_kl_loss_backward": "(Tensor grad_loss, Tensor logits, Tensor target, Tensor mu, Tensor logvar) "
     "-> (Tensor, Tensor, Tensor)",
+    # The three fused ops whole, each with its backward in C++ (kernels/autograd.cpp): the eager fast path.
+    "fused_linear_leaky_relu_dropout": "(Tensor x, Tensor weight, Tensor? bias, Tensor key, float negative_slope, float p) "
+    "-> Tensor",
+    "fused_reparameterize": "(Tensor mu, Tensor logvar, Tensor? eps, Tensor key) -> Tensor",
+    "fused_bce_kl_loss": "(Tensor logits, Tensor target, Tensor mu, Tensor logvar) -> Tensor",
 }
 
 _library = torch.library.Library(NAMESPACE, "DEF")
@@ -128,6 +133,21 @@ def _(logits, target, mu, logvar):
 @_fake("bce_kl_loss_backward")
 def _(grad_loss, logits, target, mu, logvar):
     return logits.new_empty(logits.shape), mu.new_empty(mu.shape), logvar.new_empty(logvar.shape)
+
+
+@_fake("fused_linear_leaky_relu_dropout")
+def _(x, weight, bias, key, negative_slope, p):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+@_fake("fused_reparameterize")
+def _(mu, logvar, eps, key):
+    return mu.new_empty(mu.shape)
+
+
+@_fake("fused_bce_kl_loss")
+def _(logits, target, mu, logvar):
+    return logits.new_empty(logits.shape[0], dtype=torch.float32)
 
 
 # ---- loading -------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch.library import wrap_triton
 
+from fastgen.ops import eager_native
 from fastgen.ops.dispatch import define_op, native_runs_on, triton_runs_on, use_fused_ops
 from fastgen.ops.reference import reparameterize_grad_logvar_reference, reparameterize_reference
 from fastgen.ops.rng import normal, philox_key, random_seed
@@ -116,4 +117,5 @@ def reparameterize(mu, logvar, *, eps=None, seed=None, kernels: str = "auto") ->
         key = philox_key(random_seed() if seed is None else seed, mu.device)
     if not use_fused_ops(kernels, mu.device):
         return reparameterize_reference(mu, logvar, _noise(eps, key, mu))
-    return _forward(mu.contiguous(), logvar.contiguous(), eps, key)
+    op = eager_native.reparameterize if eager_native.use_eager_native(mu.device, mu.dtype) else _forward
+    return op(mu.contiguous(), logvar.contiguous(), eps, key)

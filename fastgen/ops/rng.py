@@ -25,6 +25,8 @@ _MASK64 = (1 << 64) - 1
 def philox_key(seed, device: torch.device | str) -> torch.Tensor:
     """Normalise ``seed`` (int, or int64 tensor of 1 or 2 elements) to an int64 ``(seed, step)`` tensor."""
     device = torch.device(device)
+    if type(seed) is torch.Tensor and seed.dtype == torch.int64 and seed.shape == (2,) and seed.device == device:
+        return seed  # the layers' (seed, step) buffers: the common case, checked first
     if isinstance(seed, bool) or seed is None:
         raise TypeError(f"seed must be an int or an int64 tensor, got {type(seed).__name__}")
     if isinstance(seed, float):
