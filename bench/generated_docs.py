@@ -22,6 +22,7 @@ COMMAND = "python -m bench.report --docs"
 PLAIN = "plain baseline (DataLoader + nn.Sequential), own process"
 GLANCE_COLUMNS = {  # variant recorded by bench/test_end_to_end.py -> column of the glance table
     PLAIN: "plain PyTorch",
+    "plain modules + torch.compile, same data path": "plain + torch.compile",
     "fastgen": "fastgen",
     "fastgen --amp": "fastgen --amp",
 }
@@ -115,7 +116,12 @@ def draw_figure(data: dict, path: Path) -> None:
 
     plt = pyplot()
     columns = list(GLANCE_COLUMNS.values())
-    colors = {"plain PyTorch": "tab:gray", "fastgen": "tab:blue", "fastgen --amp": "tab:green"}
+    colors = {
+        "plain PyTorch": "tab:gray",
+        "plain + torch.compile": "tab:olive",
+        "fastgen": "tab:blue",
+        "fastgen --amp": "tab:green",
+    }
     devices = data["devices"]
     fig, axes = plt.subplots(1, len(MODELS), figsize=(10, 3.6))
     for ax, (model, (label, batch)) in zip(axes, MODELS.items()):

@@ -25,20 +25,30 @@ import subprocess
 import sys
 import time
 
-from bench.test_steps import STEPS, VARIANTS, batch_size
-
 ROUNDS = 5
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _checkout_of(module: str, file: str) -> str:
+    """The folder a module was imported from: fastgen.ops.x in CHECKOUT/fastgen/ops/x.py -> CHECKOUT."""
+    parts = os.path.abspath(file).split(os.sep)
+    return os.sep.join(parts[: -(module.count(".") + (2 if parts[-1] == "__init__.py" else 1))])
 
 
 def _child(model: str, variant: str, amp: bool) -> None:
-    """One variant: a warm-up round (compilation), then ROUNDS rounds of STEPS steps; prints ms per step."""
+    """One variant: a warm-up round (compilation), then ROUNDS rounds of STEPS steps; prints ms per step.
+
+    fastgen is imported first, from wherever the path finds it (another checkout under --against); then this
+    checkout's bench/ goes first on the path, for the variants' definitions."""
     import torch
 
-    from fastgen.config import TrainConfig
+    import fastgen  # noqa: F401  (every fastgen module the step needs, from the path's fastgen)
+
+    sys.path.insert(0, REPO)
+    from bench.test_steps import STEPS, VARIANTS, batch_size, make_trainer
     from fastgen.ops import cpu_backend
     from fastgen.training.compiled_step import build_step
     from fastgen.training.cpu_tuning import tune_for_cpu_training
-    from fastgen.training.trainers import GANTrainer, VAETrainer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
@@ -46,8 +56,7 @@ def _child(model: str, variant: str, amp: bool) -> None:
     compile, graphs, kernels = VARIANTS[variant]
     batch = batch_size(model, device)
     torch.manual_seed(0)
-    config = TrainConfig(model=model, batch_size=batch, kernels=kernels).resolved()
-    trainer = (GANTrainer if model == "gan" else VAETrainer)(config, device, torch.bfloat16 if amp else None)
+    trainer = make_trainer(model, variant, batch, device, torch.bfloat16 if amp else None)
     notices = []
     step = build_step(trainer.step, device, compile, graphs, notices.append)
     low = -1.0 if model == "gan" else 0.0
@@ -62,9 +71,12 @@ def _child(model: str, variant: str, amp: bool) -> None:
             sync()
             if r:  # round 0 compiles, captures and warms up
                 rounds.append((time.perf_counter() - start) / STEPS * 1e3)
-    import fastgen
-
-    print(json.dumps({"ms_per_step": rounds, "notices": notices, "fastgen": os.path.dirname(os.path.abspath(fastgen.__file__))}))
+    roots = {
+        _checkout_of(n, m.__file__)
+        for n, m in sys.modules.items()
+        if n.split(".")[0] == "fastgen" and getattr(m, "__file__", None)
+    }
+    print(json.dumps({"ms_per_step": rounds, "notices": notices, "fastgen": sorted(roots)}))
 
 
 def _run_child(model: str, variant: str, amp: bool, checkout: str | None = None) -> list[float]:
@@ -81,7 +93,7 @@ def _run_child(model: str, variant: str, amp: bool, checkout: str | None = None)
     result = json.loads(lines[-1])
     if result["notices"]:  # a silent fallback would mislabel the numbers
         raise SystemExit(f"{variant}: {result['notices']}")
-    if checkout and not result["fastgen"].startswith(checkout):
+    if checkout and result["fastgen"] != [checkout]:  # every fastgen module from the checkout asked for
         raise SystemExit(f"{variant}: ran fastgen from {result['fastgen']}, not from {checkout}")
     return result["ms_per_step"]
 
@@ -90,7 +102,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=["gan", "vae"], default="gan")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None, help="the first is the reference")
+    parser.add_argument("--variants", nargs="+", default=None, help="names from bench/test_steps.py; the first is the reference")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--against", metavar="CHECKOUT", help="also run each variant from this checkout of fastgen")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -99,7 +111,12 @@ def main(argv=None) -> None:
         return _child(args.model, args.variants[0], args.amp)
     import torch
 
+    from bench.test_steps import STEPS, VARIANTS, batch_size
+
     on_cpu = not torch.cuda.is_available()
+    unknown = [v for v in args.variants or [] if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     chosen = args.variants or [v for v in VARIANTS if ("graphed" if on_cpu else "native") not in v]
     runs = [(v, None) for v in chosen]  # (variant, checkout): the other checkout's first, as the reference
     if args.against:

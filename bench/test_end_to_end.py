@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from bench import baseline
+from bench.plain_step import plain_trainer
 from fastgen.config import TrainConfig
 from fastgen.data import DeviceSplit
 from fastgen.environment import cpu_has_fast_bf16
@@ -26,6 +27,7 @@ from fastgen.training.run import resolve_kernels
 from fastgen.training.trainers import GANTrainer, VAETrainer
 
 REPO = Path(__file__).resolve().parent.parent
+PLAIN_COMPILED = "plain modules + torch.compile, same data path"
 BATCH = {"gan": 32, "vae": 100}
 CPU_STEPS = {"gan": 60, "vae": 40}
 ROUNDS = 5
@@ -40,9 +42,11 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-@pytest.mark.parametrize("amp", ["fp32", "bf16"])
+@pytest.mark.parametrize("amp", ["fp32", "bf16", "fp32 plain modules"])
 @pytest.mark.parametrize("model", ["gan", "vae"])
 def test_fastgen(benchmark, record, device, mnist, model, amp):
+    """fastgen's default path; "fp32 plain modules": the same step, data and compilation (and CUDA graph) with
+    torch's own modules in place of fastgen's layers (bench/plain_step.py), what torch.compile gives without them."""
     if amp == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
         pytest.skip("this CPU has no fast bf16 (no AVX512-BF16 or AMX): --amp trains in float32 here")
     torch._dynamo.reset()
@@ -52,7 +56,11 @@ def test_fastgen(benchmark, record, device, mnist, model, amp):
     # CPU, Triton on CUDA), the step compiled, and graph-captured on CUDA.
     config.kernels = resolve_kernels(config.kernels, device, True, print)
     split = DeviceSplit.load("mnist", "train", device, -1.0 if model == "gan" else 0.0, mnist, download=False)
-    trainer = (GANTrainer if model == "gan" else VAETrainer)(config, device, torch.bfloat16 if amp == "bf16" else None)
+    amp_dtype = torch.bfloat16 if amp == "bf16" else None
+    if amp == "fp32 plain modules":
+        trainer = plain_trainer(model, TrainConfig(model=model, batch_size=BATCH[model], kernels="eager").resolved(), device)
+    else:
+        trainer = (GANTrainer if model == "gan" else VAETrainer)(config, device, amp_dtype)
     step = build_step(trainer.step, device, True, device.type == "cuda", print)
     generator = torch.Generator(device=device).manual_seed(0)
     n = _steps(model, device)
@@ -67,8 +75,8 @@ def test_fastgen(benchmark, record, device, mnist, model, amp):
     with cpu_backend("native") if config.kernels == "native" else contextlib.nullcontext():
         benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1, iterations=1)
     record(
-        variant="fastgen" if amp == "fp32" else "fastgen --amp",
-        kernels=config.kernels,
+        variant={"fp32": "fastgen", "bf16": "fastgen --amp", "fp32 plain modules": PLAIN_COMPILED}[amp],
+        kernels="plain" if amp == "fp32 plain modules" else config.kernels,
         role="variant",
         model=model,
         batch_size=config.batch_size,

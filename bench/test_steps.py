@@ -2,6 +2,8 @@
 first two on the native CPU kernels; float32 and bf16 autocast. "eager" / "compiled" build the layers with
 kernels="auto": Triton on CUDA, plain PyTorch ops on the CPU (`--kernels eager`, and the CPU default
 before the native kernels); "native ..." is what `fastgen.train` runs on the CPU by default now.
+"plain modules ..." is the same step with torch's own modules in place of fastgen's layers (bench/plain_step.py):
+the rival fastgen's kernels must beat under the same compilation and CUDA graph.
 
 Each round is 20 steps on device-resident batches; compilation, autotuning and graph capture happen
 in the warm-up round and are not measured.
@@ -12,6 +14,7 @@ import contextlib
 import pytest
 import torch
 
+from bench.plain_step import plain_trainer
 from fastgen.config import TrainConfig
 from fastgen.environment import cpu_has_fast_bf16
 from fastgen.ops import cpu_backend, native
@@ -26,14 +29,26 @@ def batch_size(model: str, device: torch.device) -> int:
     return 64 if model == "gan" and device.type == "cuda" else {"gan": 32, "vae": 100}[model]
 
 
-# variant: (torch.compile, CUDA graphs, kernels)
+# variant: (torch.compile, CUDA graphs, kernels); kernels "plain": bench/plain_step.py's networks
 VARIANTS = {
     "eager": (False, False, "auto"),
     "compiled": (True, False, "auto"),
     "graphed": (True, True, "auto"),
     "native eager": (False, False, "native"),
     "native compiled": (True, False, "native"),
+    "plain modules eager": (False, False, "plain"),
+    "plain modules compiled": (True, False, "plain"),
+    "plain modules graphed": (True, True, "plain"),
 }
+
+
+def make_trainer(model: str, variant: str, batch: int, device: torch.device, amp_dtype):
+    """The variant's trainer: fastgen's networks on the variant's kernels, or plain modules."""
+    kernels = VARIANTS[variant][2]
+    config = TrainConfig(model=model, batch_size=batch, kernels="eager" if kernels == "plain" else kernels).resolved()
+    if kernels == "plain":
+        return plain_trainer(model, config, device, amp_dtype)
+    return (GANTrainer if model == "gan" else VAETrainer)(config, device, amp_dtype)
 
 
 @pytest.mark.parametrize("amp", ["fp32", "bf16"])
@@ -50,8 +65,7 @@ def test_step(benchmark, record, device, model, variant, amp):
         pytest.skip("this CPU has no fast bf16 (no AVX512-BF16 or AMX): fastgen trains in float32 here")
     torch._dynamo.reset()
     torch.manual_seed(0)
-    config = TrainConfig(model=model, batch_size=batch, kernels=kernels).resolved()
-    trainer = (GANTrainer if model == "gan" else VAETrainer)(config, device, torch.bfloat16 if amp == "bf16" else None)
+    trainer = make_trainer(model, variant, batch, device, torch.bfloat16 if amp == "bf16" else None)
     notices = []
     step = build_step(trainer.step, device, compile, graphs, notices.append)
     low = -1.0 if model == "gan" else 0.0

@@ -72,8 +72,8 @@ def test_glance_table_states_speedups_over_plain_and_what_is_missing(tmp_path):
     (run,) = generated_docs.device_runs(tmp_path)
     assert run["name"] == "Test CPU (2 threads), no bf16" and run["date"] == "2030-01-02"
     table = "\n".join(generated_docs.glance_table(run))
-    assert "| GAN, batch 32 | 1,000 | 2,500 (2.50x) | no bf16: as fastgen |" in table
-    assert "| VAE, batch 100 | not measured | 9,000 | no bf16: as fastgen |" in table
+    assert "| GAN, batch 32 | 1,000 | not measured | 2,500 (2.50x) | no bf16: as fastgen |" in table
+    assert "| VAE, batch 100 | not measured | not measured | 9,000 | no bf16: as fastgen |" in table
 
 
 def test_a_document_without_its_markers_is_refused():
