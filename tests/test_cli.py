@@ -11,7 +11,8 @@ from fastgen.environment import cpu_has_fast_bf16
 from tests.helpers import run_cli, train_cli
 
 
-@pytest.mark.parametrize("model", [pytest.param("gan", marks=pytest.mark.slow), "vae"])
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["gan", "vae"])
 def test_short_run_writes_every_file(mnist, tmp_path, model):
     out = tmp_path / "run"
     result = train_cli("--model", model, "--max-steps", "30", "--data-dir", str(mnist), "--out", str(out), "--amp")
@@ -78,7 +79,7 @@ def test_sample_cli_writes_a_grid(mnist, tmp_path):
         (["--model", "gan", "--epochs", "-1"], "--epochs"),
         pytest.param(["--model", "gan", "--epochs", "0"], "--epochs", marks=pytest.mark.slow),
         pytest.param(["--model", "gan", "--batch-size", "0"], "--batch-size", marks=pytest.mark.slow),
-        (["--model", "gan", "--batch-size", "70000"], "larger than the training split"),
+        pytest.param(["--model", "gan", "--batch-size", "70000"], "larger than the training split", marks=pytest.mark.slow),
         pytest.param(["--model", "gan", "--lr", "-3"], "--lr", marks=pytest.mark.slow),
         pytest.param(["--model", "gan", "--max-steps", "x"], "--max-steps", marks=pytest.mark.slow),
         pytest.param(["--model", "diffusion"], "--model", marks=pytest.mark.slow),

@@ -98,7 +98,8 @@ def test_an_explicit_data_dir_is_the_only_place_looked_at(tmp_path, monkeypatch)
         assert str(missing) in str(info.value) and str(tmp_path / "env") not in str(info.value)
 
 
-@pytest.mark.parametrize("case", ["missing", pytest.param("empty", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["missing", "empty"])
 def test_train_refuses_an_explicit_data_dir_without_data_even_when_fastgen_data_holds_it(mnist, tmp_path, case):
     """The valid $FASTGEN_DATA is not a fallback for a mistyped --data-dir: one line naming the flag's folder, exit 2."""
     data_dir = tmp_path / case

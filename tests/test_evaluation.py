@@ -134,7 +134,7 @@ def gan_run(tmp_path_factory, mnist):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["no-such-run"], "no fastgen weights at no-such-run"),
+        pytest.param(["no-such-run"], "no fastgen weights at no-such-run", marks=pytest.mark.slow),
         pytest.param(["RUN", "--iwae-k", "5001"], "--iwae-k must be in [1, 5000]", marks=pytest.mark.slow),
         pytest.param(["RUN", "--n", "3"], "--n must be larger than 3", marks=pytest.mark.slow),
         pytest.param(["RUN", "--n", "0"], "argument --n: must be >= 1", marks=pytest.mark.slow),
@@ -245,7 +245,7 @@ def test_compare_quick_end_to_end_then_reuses_its_runs(tmp_path, mnist, evaluato
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--seeds", "0"], "--seeds: must be >= 1"),
+        pytest.param(["--seeds", "0"], "--seeds: must be >= 1", marks=pytest.mark.slow),
         pytest.param(["--draws", "1"], "--draws: must be >= 2", marks=pytest.mark.slow),
         pytest.param(["--ema", "1.5"], "--ema must be in (0, 1)", marks=pytest.mark.slow),
         pytest.param(["--ema", "0"], "--ema: must be > 0", marks=pytest.mark.slow),

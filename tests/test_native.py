@@ -575,6 +575,7 @@ def _ours(libraries) -> list:
     return [p for p in libraries if os.path.basename(p) == native.LIBRARY_FILE]
 
 
+@pytest.mark.slow
 def test_loaded_once_per_process(native_library):
     assert native.load() and native.load() and native.available()
     assert len(_ours(torch.ops.loaded_libraries)) == 1

@@ -122,6 +122,7 @@ def test_corrupt_checkpoint_is_one_line_exit_2(tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "corrupt" in result.stderr
 
 
+@pytest.mark.slow
 def test_resume_of_a_folder_without_checkpoint(tmp_path):
     result = run_cli("fastgen.train", "--resume", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 2 and "no checkpoint.safetensors" in result.stderr
