@@ -116,6 +116,9 @@ def _eager_cpu_by_default():
 
 
 BACKENDS = ["eager"] + (["triton"] if HAS_TRITON and TRITON_INTERPRET else [])
+# For `@pytest.mark.parametrize("backend", BACKENDS_TRITON_SLOW, indirect=True)`: a test whose interpreted-Triton
+# run takes long keeps its eager run in the quick set.
+BACKENDS_TRITON_SLOW = [pytest.param(b, marks=pytest.mark.slow) if b == "triton" else b for b in BACKENDS]
 
 
 @pytest.fixture(params=BACKENDS)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from fastgen.ops import bce_kl_loss, dropout_keep_mask, linear_leaky_relu_dropout, reparameterize
 from fastgen.ops.reference import bce_kl_loss_reference, kl_to_standard_normal, linear_leaky_relu_dropout_reference
+from tests.conftest import BACKENDS_TRITON_SLOW
 from tests.helpers import assert_close
 
 # The interpreter runs each kernel in numpy: keep the example counts small enough for CI.
@@ -24,6 +25,7 @@ def _leaf(t: torch.Tensor) -> torch.Tensor:
     return t.detach().clone().requires_grad_(True)
 
 
+@pytest.mark.parametrize("backend", BACKENDS_TRITON_SLOW, indirect=True)
 @settings(max_examples=EXAMPLES)
 @given(
     M=st.integers(1, 300),
@@ -86,6 +88,7 @@ def test_reparameterize_matches_reference(backend, B, L, dtype, given_eps, seed)
     assert_close(logvar.grad, lvr.grad, dtype, "grad logvar")
 
 
+@pytest.mark.parametrize("backend", BACKENDS_TRITON_SLOW, indirect=True)
 @settings(max_examples=EXAMPLES)
 @given(
     B=st.integers(1, 300),
