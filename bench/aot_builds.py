@@ -516,24 +516,8 @@ def _versions() -> dict:
     return {"triton": triton.__version__, "torch": torch.__version__, "ptxas": ptxas}
 
 
-COLUMNS = (
-    "kernel",
-    "config",
-    "variant",
-    "alignment",
-    "dtype",
-    "arch",
-    "registers",
-    "spill_stores",
-    "spill_loads",
-    "stack",
-    "shared",
-    "tensor_cores",
-    "threads",
-    "seconds",
-    "error",
-    "problems",
-)
+RESULT_COLUMNS = ("registers", "spill_stores", "spill_loads", "stack", "shared", "tensor_cores", "threads", "seconds", "error")
+COLUMNS = ("kernel", "config", "variant", "alignment", "dtype", "arch", *RESULT_COLUMNS, "problems")
 
 
 def build_rows(builds: list[Build], results: dict) -> list[dict]:
@@ -549,20 +533,7 @@ def build_rows(builds: list[Build], results: dict) -> list[dict]:
                 "alignment": build.alignment,
                 "dtype": build.dtype,
                 "arch": ARCHS[build.arch].name,
-                **{
-                    k: result.get(k)
-                    for k in (
-                        "registers",
-                        "spill_stores",
-                        "spill_loads",
-                        "stack",
-                        "shared",
-                        "tensor_cores",
-                        "threads",
-                        "seconds",
-                        "error",
-                    )
-                },
+                **{k: result.get(k) for k in RESULT_COLUMNS},
                 "problems": problems(build, result),
             }
         )

@@ -196,18 +196,23 @@ def comparison_section(folder: Path) -> list[str]:
     ]
 
 
-def sections(root: Path = RESULTS) -> dict[str, dict[str, list[str]]]:
+def glance(runs: list[dict], figure: str) -> list[str]:
+    """The speed figure (linked as `figure` from the document) and one glance table per device."""
+    lines = [f"![training samples/s per device]({figure})"]
+    for run in runs:
+        lines += ["", *glance_table(run)]
+    return lines
+
+
+def sections(repo: Path, runs: list[dict]) -> dict[str, dict[str, list[str]]]:
     """document -> section name -> generated lines."""
-    runs = device_runs(root)
-    glance = [f"![training samples/s per device]({FIGURE.as_posix().removeprefix('docs/')})", ""]
-    for run in runs:
-        glance += [*glance_table(run), ""]
-    readme_glance = [f"![training samples/s per device]({FIGURE.as_posix()})", ""]
-    for run in runs:
-        readme_glance += [*glance_table(run), ""]
     return {
-        "README.md": {"comparison": comparison_section(root.parent.parent / "docs" / "comparison"), "speed": readme_glance[:-1]},
-        "docs/performance.md": {"glance": glance[:-1], "devices": device_sections(runs), "limits": limits_section(root)},
+        "README.md": {"comparison": comparison_section(repo / "docs" / "comparison"), "speed": glance(runs, FIGURE.as_posix())},
+        "docs/performance.md": {
+            "glance": glance(runs, FIGURE.relative_to("docs").as_posix()),
+            "devices": device_sections(runs),
+            "limits": limits_section(repo / "bench" / "results"),
+        },
     }
 
 
@@ -230,10 +235,9 @@ def fill(text: str, generated: dict[str, list[str]], document: str) -> str:
 def rendered(repo: Path | None = None) -> dict[Path, str]:
     """Every generated text file as the command would write it: the documents and the figure's data."""
     repo = repo or REPO
-    out = {}
-    for document, generated in sections(repo / "bench" / "results").items():
-        out[Path(document)] = fill((repo / document).read_text(), generated, document)
-    out[FIGURE_DATA] = json.dumps(figure_data(device_runs(repo / "bench" / "results")), indent=1) + "\n"
+    runs = device_runs(repo / "bench" / "results")
+    out = {Path(doc): fill((repo / doc).read_text(), generated, doc) for doc, generated in sections(repo, runs).items()}
+    out[FIGURE_DATA] = json.dumps(figure_data(runs), indent=1) + "\n"
     return out
 
 

@@ -11,6 +11,7 @@ without fastgen's kernels.
 
 from __future__ import annotations
 
+import dataclasses
 from unittest import mock
 
 import torch
@@ -39,6 +40,8 @@ class PlainReparameterize(nn.Module):
 
 
 def plain_trainer(model: str, config, device: torch.device, amp_dtype: torch.dtype | None = None):
-    """fastgen's trainer for `model` with its networks built from plain modules (same sizes, same initialisation)."""
+    """fastgen's trainer for `model` with its networks built from plain modules (same sizes, same initialisation);
+    `config`'s kernels are set to plain PyTorch ops for whatever of fastgen's the step still calls."""
+    config = dataclasses.replace(config, kernels="eager")
     with mock.patch.object(networks, "_mlp", plain_mlp), mock.patch.object(networks, "Reparameterize", PlainReparameterize):
         return TRAINERS[model](config, device, amp_dtype)

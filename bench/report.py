@@ -53,13 +53,13 @@ def header(machine_info: dict, benchmarks: list[dict]) -> str:
 
 
 def docs(check: bool) -> int:
-    from bench import generated_docs as speed_docs
+    from bench import generated_docs
 
     if not check:
-        for path in speed_docs.write():
+        for path in generated_docs.write():
             print(f"wrote {path}")
         return 0
-    stale = [str(p) for p, text in speed_docs.rendered().items() if (speed_docs.REPO / p).read_text() != text]
+    stale = [str(p) for p, text in generated_docs.rendered().items() if (generated_docs.REPO / p).read_text() != text]
     if stale:
         print(f"out of date with bench/results/: {', '.join(stale)}; run python -m bench.report --docs", file=sys.stderr)
     return 1 if stale else 0

@@ -6,7 +6,7 @@ all three alike):
 
 The matmuls are the ones the step runs (shapes and dtype read off one profiled step); with `--amp` they run in
 bf16, as the step's do. What is left after the matmuls and Adam is all that fastgen's own kernels (bias,
-LeakyReLU, dropout, the loss, the bf16 weight copies) and the rest of the step can win back.
+LeakyReLU, dropout, the loss, autocast's casts) and the rest of the step can win back.
 """
 
 from __future__ import annotations

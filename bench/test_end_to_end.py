@@ -24,7 +24,7 @@ from fastgen.environment import cpu_has_fast_bf16
 from fastgen.ops import cpu_backend
 from fastgen.training.compiled_step import build_step, describe
 from fastgen.training.run import resolve_kernels
-from fastgen.training.trainers import GANTrainer, VAETrainer
+from fastgen.training.trainers import TRAINERS
 
 REPO = Path(__file__).resolve().parent.parent
 PLAIN_COMPILED = "plain modules + torch.compile, same data path"
@@ -58,9 +58,9 @@ def test_fastgen(benchmark, record, device, mnist, model, amp):
     split = DeviceSplit.load("mnist", "train", device, -1.0 if model == "gan" else 0.0, mnist, download=False)
     amp_dtype = torch.bfloat16 if amp == "bf16" else None
     if amp == "fp32 plain modules":
-        trainer = plain_trainer(model, TrainConfig(model=model, batch_size=BATCH[model], kernels="eager").resolved(), device)
+        trainer = plain_trainer(model, config, device)
     else:
-        trainer = (GANTrainer if model == "gan" else VAETrainer)(config, device, amp_dtype)
+        trainer = TRAINERS[model](config, device, amp_dtype)
     step = build_step(trainer.step, device, True, device.type == "cuda", print)
     generator = torch.Generator(device=device).manual_seed(0)
     n = _steps(model, device)

@@ -19,7 +19,7 @@ from fastgen.config import TrainConfig
 from fastgen.environment import cpu_has_fast_bf16
 from fastgen.ops import cpu_backend, native
 from fastgen.training.compiled_step import build_step, describe
-from fastgen.training.trainers import GANTrainer, VAETrainer
+from fastgen.training.trainers import TRAINERS
 
 STEPS = 20
 
@@ -45,10 +45,9 @@ VARIANTS = {
 def make_trainer(model: str, variant: str, batch: int, device: torch.device, amp_dtype):
     """The variant's trainer: fastgen's networks on the variant's kernels, or plain modules."""
     kernels = VARIANTS[variant][2]
-    config = TrainConfig(model=model, batch_size=batch, kernels="eager" if kernels == "plain" else kernels).resolved()
     if kernels == "plain":
-        return plain_trainer(model, config, device, amp_dtype)
-    return (GANTrainer if model == "gan" else VAETrainer)(config, device, amp_dtype)
+        return plain_trainer(model, TrainConfig(model=model, batch_size=batch).resolved(), device, amp_dtype)
+    return TRAINERS[model](TrainConfig(model=model, batch_size=batch, kernels=kernels).resolved(), device, amp_dtype)
 
 
 @pytest.mark.parametrize("amp", ["fp32", "bf16"])

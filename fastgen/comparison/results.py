@@ -3,6 +3,9 @@ give what is in it."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 LABELS = {
     "frechet_distance": "Fréchet distance",
     "inception_style_score": "IS-style score",
@@ -25,8 +28,6 @@ def seed_values(results: dict, model: str, kind: str, epoch: int, key: str) -> l
 
 def read_results(path) -> dict:
     """A comparison's results.json as `compare` held it: epochs and seeds as int keys again (JSON made them strings)."""
-    import json
-    from pathlib import Path
 
     def ints(value):
         if isinstance(value, dict):

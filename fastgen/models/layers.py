@@ -59,12 +59,12 @@ class LinearLeakyReLUDropout(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.p if self.training else 0.0
-        if self.kernels == "native" and x.dim() == 2 and eager_native.use_eager_native(x.device, x.dtype):
+        fast = self.kernels == "native" and x.dim() == 2 and x.dtype == self.weight.dtype
+        if fast and eager_native.use_eager_native(x.device, x.dtype) and not torch.is_autocast_enabled("cpu"):
             # The eager fast path on the CPU's native kernels: what the functional op checks holds by construction
             # here but x's shape, which the matmul checks. The key is not read when p = 0.
-            if x.dtype == self.weight.dtype and not torch.is_autocast_enabled("cpu"):
-                key = next_key(self.philox_key) if p > 0.0 else self.philox_key
-                return eager_native.linear_leaky_relu_dropout(x, self.weight, self.bias, key, self.negative_slope, p)
+            key = next_key(self.philox_key) if p > 0.0 else self.philox_key
+            return eager_native.linear_leaky_relu_dropout(x, self.weight, self.bias, key, self.negative_slope, p)
         key = next_key(self.philox_key) if p > 0.0 else None
         return linear_leaky_relu_dropout(
             x, self.weight, self.bias, negative_slope=self.negative_slope, p=p, seed=key, kernels=self.kernels
