@@ -46,6 +46,10 @@ def _key(seed: int, step: int, device) -> torch.Tensor:
     return torch.tensor([seed, step], dtype=torch.int64, device=device)
 
 
+def _keys(replicas: int, device) -> torch.Tensor:
+    return torch.tensor([[31 + s, 2 * s] for s in range(replicas)], dtype=torch.int64, device=device)
+
+
 P_VALUES = (0.0, 0.3)
 # (M, K, N): a single element, odd sizes on every axis, M past one 64-row tile of the interpreter's config.
 LINEAR_SHAPES = ((1, 1, 1), (47, 13, 5), (65, 33, 47))
@@ -67,6 +71,16 @@ def _linear_leaky_relu_dropout(device, dtype, rg):
             p,
         )
         yield f"{M}x{K}x{N}-p{p}-{'bias' if bias is not None else 'nobias'}", args
+    g = _gen(99)  # stacked replicas: a leading replica dimension and one key per replica (a group of seeds)
+    args = (
+        _randn(g, (3, 17, 13), dtype, device, rg),
+        _randn(g, (3, 5, 13), dtype, device, rg, scale=13**-0.5),
+        _randn(g, (3, 5), dtype, device, rg),
+        _keys(3, device),
+        0.2,
+        0.3,
+    )
+    yield "stacked-3x17x13x5-p0.3", args
 
 
 def _linear_leaky_relu_dropout_grad_pre(device, dtype, rg):
@@ -74,6 +88,11 @@ def _linear_leaky_relu_dropout_grad_pre(device, dtype, rg):
         g = _gen(i)
         args = (_randn(g, (M, N), dtype, device, rg), _randn(g, (M, N), dtype, device, rg), _key(7 + i, i, device), 0.2, p)
         yield f"{M}x{N}-p{p}", args
+    g = _gen(99)
+    yield (
+        "stacked-3x17x5",
+        (_randn(g, (3, 17, 5), dtype, device, rg), _randn(g, (3, 17, 5), dtype, device, rg), _keys(3, device), 0.2, 0.3),
+    )
 
 
 def _reparameterize(device, dtype, rg):
@@ -83,6 +102,11 @@ def _reparameterize(device, dtype, rg):
             eps = _randn(g, (B, L), dtype, device, rg) if given_eps else None
             args = (_randn(g, (B, L), dtype, device, rg), _randn(g, (B, L), dtype, device, rg), eps, _key(3 + i, i, device))
             yield f"{B}x{L}-{'eps' if given_eps else 'drawn'}", args
+    g = _gen(99)
+    yield (
+        "stacked-3x5x16",
+        (_randn(g, (3, 5, 16), dtype, device, rg), _randn(g, (3, 5, 16), dtype, device, rg), None, _keys(3, device)),
+    )
 
 
 def _reparameterize_grad_logvar(device, dtype, rg):
@@ -92,6 +116,11 @@ def _reparameterize_grad_logvar(device, dtype, rg):
             eps = _randn(g, (B, L), dtype, device, rg) if given_eps else None
             args = (_randn(g, (B, L), dtype, device, rg), _randn(g, (B, L), dtype, device, rg), eps, _key(3 + i, i, device))
             yield f"{B}x{L}-{'eps' if given_eps else 'drawn'}", args
+    g = _gen(99)
+    yield (
+        "stacked-3x5x16",
+        (_randn(g, (3, 5, 16), dtype, device, rg), _randn(g, (3, 5, 16), dtype, device, rg), None, _keys(3, device)),
+    )
 
 
 def _bce_kl_loss(device, dtype, rg):

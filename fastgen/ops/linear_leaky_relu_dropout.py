@@ -10,7 +10,7 @@ from torch.library import wrap_triton
 from fastgen.ops import eager_native
 from fastgen.ops.dispatch import define_op, native_runs_on, triton_runs_on, use_fused_ops
 from fastgen.ops.reference import linear_leaky_relu_dropout_grad_pre_reference, linear_leaky_relu_dropout_reference
-from fastgen.ops.rng import check_p, keep_mask, philox_key, random_seed
+from fastgen.ops.rng import check_p, keep_mask, per_replica, philox_key, random_seed
 from fastgen.ops.validation import check_same, check_slope, check_tensor
 
 
@@ -23,6 +23,17 @@ def _input_precision(dtype: torch.dtype) -> str:
 def _forward(
     x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], key: torch.Tensor, negative_slope: float, p: float
 ) -> torch.Tensor:
+    """x (M, K), weight (N, K), bias (N,), key (2,); or stacked replicas: x (S, M, K), weight (S, N, K), bias (S, N),
+    key (S, 2), each replica computing what a single call with its slices computes."""
+    if key.dim() == 2:
+        if not native_runs_on(x.device, x.dtype) and not triton_runs_on(x.device):
+            mask = keep_mask(key, (*x.shape[:-1], weight.shape[-2]), p) if p > 0.0 else None
+            return linear_leaky_relu_dropout_reference(x, weight, bias, negative_slope, mask, p)
+        return per_replica(lambda k, xs, ws, bs: _forward_one(xs, ws, bs, k, negative_slope, p), key, x, weight, bias)
+    return _forward_one(x, weight, bias, key, negative_slope, p)
+
+
+def _forward_one(x, weight, bias, key, negative_slope: float, p: float) -> torch.Tensor:
     if native_runs_on(x.device, x.dtype):
         pre = torch.mm(x, weight.t())
         torch.ops.fastgen_native.leaky_relu_dropout_(pre, bias, key, negative_slope, p)  # bias, activation, mask
@@ -67,7 +78,13 @@ def _forward(
 def _grad_pre_activation(
     grad_y: torch.Tensor, y: torch.Tensor, key: torch.Tensor, negative_slope: float, p: float
 ) -> torch.Tensor:
-    """dL/d(pre-activation) from dL/dy, the saved output and the regenerated mask."""
+    """dL/d(pre-activation) from dL/dy, the saved output and the regenerated mask (stacked: per replica)."""
+    if key.dim() == 2 and (native_runs_on(y.device, y.dtype) or triton_runs_on(y.device)):
+        return per_replica(lambda k, gs, ys: _grad_pre_activation_one(gs, ys, k, negative_slope, p), key, grad_y, y)
+    return _grad_pre_activation_one(grad_y, y, key, negative_slope, p)
+
+
+def _grad_pre_activation_one(grad_y, y, key, negative_slope: float, p: float) -> torch.Tensor:
     if native_runs_on(y.device, y.dtype):
         return torch.ops.fastgen_native.leaky_relu_dropout_grad_pre(grad_y, y, key, negative_slope, p)
     if not triton_runs_on(y.device):
@@ -91,7 +108,7 @@ def _grad_pre_activation(
 # both branches allocate.
 @_forward.register_fake
 def _(x, weight, bias, key, negative_slope, p):
-    return x.new_empty((x.shape[0], weight.shape[0]))
+    return x.new_empty((*x.shape[:-1], weight.shape[-2]))
 
 
 @_grad_pre_activation.register_fake
@@ -111,8 +128,8 @@ def _backward(ctx, grad_y):
     grad_pre = _grad_pre_activation(grad_y.contiguous(), y, key, ctx.negative_slope, ctx.p)
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     grad_x = grad_pre @ weight if need_x else None
-    grad_w = grad_pre.t() @ x if need_w else None
-    grad_b = grad_pre.sum(0) if need_b else None
+    grad_w = grad_pre.transpose(-1, -2) @ x if need_w else None
+    grad_b = grad_pre.sum(-2) if need_b else None
     return grad_x, grad_w, grad_b, None, None, None
 
 
@@ -128,17 +145,25 @@ def linear_leaky_relu_dropout(
     int64 tensor `(seed,)` / `(seed, step)` on x's device) and the element index; see
     `dropout_keep_mask`. With `seed=None` a seed is drawn from torch's default generator.
     `kernels` ("auto", "triton", "eager") picks the fused op or plain PyTorch ops (`use_fused_ops`).
+
+    Stacked replicas: `x` (S, B, in), `weight` (S, out, in), `bias` (S, out) and `seed` an int64 (S, 2)
+    tensor give (S, B, out), replica s equal to the call with `x[s]`, `weight[s]`, `bias[s]`, `seed[s]`.
     """
     check_tensor("x", x)
-    check_tensor("weight", weight, ndim=2)
+    check_tensor("weight", weight)
+    replicas = weight.shape[0] if weight.dim() == 3 else None
+    if replicas is None and weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (out, in), or 3-D (replicas, out, in), got shape {tuple(weight.shape)}")
     tensors = [("x", x), ("weight", weight)]
     if bias is not None:
-        check_tensor("bias", bias, ndim=1)
+        check_tensor("bias", bias, ndim=weight.dim() - 1)
         tensors.append(("bias", bias))
-    if x.dim() < 1 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"x has shape {tuple(x.shape)} but weight {tuple(weight.shape)} needs last dimension {weight.shape[1]}")
-    if bias is not None and bias.shape[0] != weight.shape[0]:
-        raise ValueError(f"bias has {bias.shape[0]} elements but weight has {weight.shape[0]} output features")
+    if x.dim() < 1 or x.shape[-1] != weight.shape[-1]:
+        raise ValueError(f"x has shape {tuple(x.shape)} but weight {tuple(weight.shape)} needs last dimension {weight.shape[-1]}")
+    if replicas is not None and (x.dim() != 3 or x.shape[0] != replicas):
+        raise ValueError(f"x has shape {tuple(x.shape)} but {replicas} stacked replicas need ({replicas}, batch, {weight.shape[-1]})")
+    if bias is not None and bias.shape != weight.shape[:-1]:
+        raise ValueError(f"bias has shape {tuple(bias.shape)} but weight {tuple(weight.shape)} needs {tuple(weight.shape[:-1])}")
     negative_slope = check_slope(negative_slope)
     p = check_p(p) if training else 0.0
     if torch.is_autocast_enabled(x.device.type):
@@ -147,12 +172,14 @@ def linear_leaky_relu_dropout(
         bias = bias.to(dtype) if bias is not None else None
         tensors = [("x", x), ("weight", weight)] + ([("bias", bias)] if bias is not None else [])
     check_same(tensors)
-    key = philox_key(random_seed() if seed is None else seed, x.device) if p > 0.0 else None
+    key = philox_key(random_seed() if seed is None and replicas is None else seed, x.device, replicas) if p > 0.0 else None
     if not use_fused_ops(kernels, x.device):
-        mask = keep_mask(key, (*x.shape[:-1], weight.shape[0]), p) if key is not None else None
+        mask = keep_mask(key, (*x.shape[:-1], weight.shape[-2]), p) if key is not None else None
         return linear_leaky_relu_dropout_reference(x, weight, bias, negative_slope, mask, p)
     if key is None:  # the op's schema takes a key either way
-        key = torch.zeros(2, dtype=torch.int64, device=x.device)
+        key = torch.zeros(2 if replicas is None else (replicas, 2), dtype=torch.int64, device=x.device)
+    if replicas is not None:
+        return _forward(x, weight, bias, key, negative_slope, p)
     op = eager_native.linear_leaky_relu_dropout if eager_native.use_eager_native(x.device, x.dtype) else _forward
     if x.dim() == 2:
         return op(x, weight, bias, key, negative_slope, p)

@@ -9,8 +9,13 @@ import torch.nn.functional as F
 
 
 def linear_leaky_relu_dropout_reference(x, weight, bias, negative_slope, keep_mask, p):
-    """dropout(leaky_relu(x @ weight.T + bias)) with the given keep-mask (None: no dropout)."""
-    y = F.leaky_relu(F.linear(x, weight, bias), negative_slope)
+    """dropout(leaky_relu(x @ weight.T + bias)) with the given keep-mask (None: no dropout); a 3-D weight
+    (replicas, out, in) takes x (replicas, batch, in) and bias (replicas, out): one batched matmul."""
+    if weight.dim() == 3:
+        pre = x @ weight.transpose(1, 2) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+    else:
+        pre = F.linear(x, weight, bias)
+    y = F.leaky_relu(pre, negative_slope)
     if keep_mask is not None and p > 0.0:
         y = y * keep_mask.to(y.dtype) / (1.0 - p)
     return y

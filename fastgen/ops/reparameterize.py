@@ -10,7 +10,7 @@ from torch.library import wrap_triton
 from fastgen.ops import eager_native
 from fastgen.ops.dispatch import define_op, native_runs_on, triton_runs_on, use_fused_ops
 from fastgen.ops.reference import reparameterize_grad_logvar_reference, reparameterize_reference
-from fastgen.ops.rng import normal, philox_key, random_seed
+from fastgen.ops.rng import normal, per_replica, philox_key, random_seed
 from fastgen.ops.validation import check_same, check_shape, check_tensor
 
 _BLOCK = 1024
@@ -26,6 +26,13 @@ def _noise(eps, key, like):
 
 @define_op("fastgen::reparameterize")
 def _forward(mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor], key: torch.Tensor) -> torch.Tensor:
+    """key (2,), or (S, 2) for stacked replicas (mu's first dimension): each replica as a single call with its key."""
+    if key.dim() == 2 and (native_runs_on(mu.device, mu.dtype) or triton_runs_on(mu.device)):
+        return per_replica(lambda k, m, lv, e: _forward_one(m, lv, e, k), key, mu, logvar, eps)
+    return _forward_one(mu, logvar, eps, key)
+
+
+def _forward_one(mu, logvar, eps, key) -> torch.Tensor:
     if native_runs_on(mu.device, mu.dtype):
         return torch.ops.fastgen_native.reparameterize(mu, logvar, eps, key)
     if not triton_runs_on(mu.device):
@@ -42,6 +49,12 @@ def _forward(mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor]
 
 @define_op("fastgen::reparameterize_grad_logvar")
 def _grad_logvar(grad_z: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor], key: torch.Tensor) -> torch.Tensor:
+    if key.dim() == 2 and (native_runs_on(logvar.device, logvar.dtype) or triton_runs_on(logvar.device)):
+        return per_replica(lambda k, g, lv, e: _grad_logvar_one(g, lv, e, k), key, grad_z, logvar, eps)
+    return _grad_logvar_one(grad_z, logvar, eps, key)
+
+
+def _grad_logvar_one(grad_z, logvar, eps, key) -> torch.Tensor:
     if native_runs_on(logvar.device, logvar.dtype):
         return torch.ops.fastgen_native.reparameterize_grad_logvar(grad_z, logvar, eps, key)
     if not triton_runs_on(logvar.device):
@@ -98,7 +111,8 @@ def reparameterize(mu, logvar, *, eps=None, seed=None, kernels: str = "auto") ->
 
     `seed` is an int or an int64 tensor `(seed,)` / `(seed, step)` on mu's device; `None` draws one
     from torch's default generator. Under autocast the latent math runs in float32. `kernels` picks
-    the fused op or plain PyTorch ops (`use_fused_ops`).
+    the fused op or plain PyTorch ops (`use_fused_ops`). Stacked replicas: `seed` an int64 (S, 2) tensor
+    and mu (S, ...): replica s draws what a single call with `mu[s]` and `seed[s]` draws.
     """
     check_tensor("mu", mu)
     check_tensor("logvar", logvar)
@@ -110,12 +124,16 @@ def reparameterize(mu, logvar, *, eps=None, seed=None, kernels: str = "auto") ->
         mu, logvar = mu.float(), logvar.float()
         eps = eps.float() if eps is not None else None
     check_same([("mu", mu), ("logvar", logvar)] + ([("eps", eps)] if eps is not None else []))
+    replicas = seed.shape[0] if isinstance(seed, torch.Tensor) and seed.dim() == 2 else None
+    if replicas is not None and (mu.dim() < 2 or mu.shape[0] != replicas):
+        raise ValueError(f"mu has shape {tuple(mu.shape)} but a ({replicas}, 2) seed needs {replicas} stacked replicas first")
     if eps is not None:
-        key = torch.zeros(2, dtype=torch.int64, device=mu.device)
+        key = torch.zeros(2 if replicas is None else (replicas, 2), dtype=torch.int64, device=mu.device)
         eps = eps.contiguous()
     else:
-        key = philox_key(random_seed() if seed is None else seed, mu.device)
+        key = philox_key(random_seed() if seed is None else seed, mu.device, replicas)
     if not use_fused_ops(kernels, mu.device):
         return reparameterize_reference(mu, logvar, _noise(eps, key, mu))
-    op = eager_native.reparameterize if eager_native.use_eager_native(mu.device, mu.dtype) else _forward
+    fast = replicas is None and eager_native.use_eager_native(mu.device, mu.dtype)
+    op = eager_native.reparameterize if fast else _forward
     return op(mu.contiguous(), logvar.contiguous(), eps, key)

@@ -22,11 +22,17 @@ from fastgen.ops.dispatch import native_runs_on, triton_runs_on
 _MASK64 = (1 << 64) - 1
 
 
-def philox_key(seed, device: torch.device | str) -> torch.Tensor:
-    """Normalise ``seed`` (int, or int64 tensor of 1 or 2 elements) to an int64 ``(seed, step)`` tensor."""
+def philox_key(seed, device: torch.device | str, replicas: int | None = None) -> torch.Tensor:
+    """Normalise ``seed`` (int, or int64 tensor of 1 or 2 elements) to an int64 ``(seed, step)`` tensor.
+
+    For a call over stacked replicas (`replicas` = S), ``seed`` must be an int64 ``(S, 2)`` tensor: one
+    key per replica, each drawing what a single call with that key draws."""
     device = torch.device(device)
     if type(seed) is torch.Tensor and seed.dtype == torch.int64 and seed.shape == (2,) and seed.device == device:
-        return seed  # the layers' (seed, step) buffers: the common case, checked first
+        if replicas is None:
+            return seed  # the layers' (seed, step) buffers: the common case, checked first
+    if replicas is not None:
+        return _replica_keys(seed, device, replicas)
     if isinstance(seed, bool) or seed is None:
         raise TypeError(f"seed must be an int or an int64 tensor, got {type(seed).__name__}")
     if isinstance(seed, float):
@@ -44,6 +50,24 @@ def philox_key(seed, device: torch.device | str) -> torch.Tensor:
     if seed.numel() == 1:
         return torch.cat([seed.reshape(1), seed.new_zeros(1)])
     return seed.reshape(2)
+
+
+def _replica_keys(seed, device: torch.device, replicas: int) -> torch.Tensor:
+    if not isinstance(seed, torch.Tensor) or seed.dtype != torch.int64 or tuple(seed.shape) != (replicas, 2):
+        got = f"shape {tuple(seed.shape)}, dtype {seed.dtype}" if isinstance(seed, torch.Tensor) else type(seed).__name__
+        raise ValueError(f"seed for {replicas} stacked replicas must be an int64 tensor of shape ({replicas}, 2), got {got}")
+    if not same_device(seed.device, device):
+        raise ValueError(f"seed is on {seed.device} but the inputs are on {device}")
+    return seed
+
+
+def per_replica(fn, keys: torch.Tensor, *tensors):
+    """`fn(key, *slices)` for each replica's key (a row of `keys`) and slices of `tensors` (None stays None),
+    stacked along a new leading dimension (tuples of outputs are stacked elementwise)."""
+    outs = [fn(key, *(t[s] if t is not None else None for t in tensors)) for s, key in enumerate(keys.unbind(0))]
+    if isinstance(outs[0], tuple):
+        return tuple(torch.stack(parts) for parts in zip(*outs))
+    return torch.stack(outs)
 
 
 def same_device(a: torch.device, b: torch.device) -> bool:
@@ -133,6 +157,8 @@ def keep_mask(key: torch.Tensor, shape, p: float) -> torch.Tensor:
     uint8 rather than bool: Inductor's CPU code converts a bool mask element by element (measured
     3x slower than the whole fused leaky_relu * mask / (1 - p) with a uint8 one)."""
     shape = list(shape)
+    if key.dim() == 2:  # stacked replicas: each replica's mask is a single call's with its key
+        return per_replica(lambda k: keep_mask(k, shape[1:], p), key)
     if p > 0.0 and native_runs_on(key.device):
         return torch.ops.fastgen_native.keep_mask(key, shape, p)
     if p == 0.0 or not triton_runs_on(key.device):
@@ -146,6 +172,8 @@ def keep_mask(key: torch.Tensor, shape, p: float) -> torch.Tensor:
 def normal(key: torch.Tensor, shape, dtype: torch.dtype) -> torch.Tensor:
     """The standard-normal noise `reparameterize` draws for this key and shape on the key's device."""
     shape = list(shape)
+    if key.dim() == 2:  # stacked replicas, as in keep_mask
+        return per_replica(lambda k: normal(k, shape[1:], dtype), key)
     if native_runs_on(key.device):
         return torch.ops.fastgen_native.normal(key, shape).to(dtype)
     if not triton_runs_on(key.device):

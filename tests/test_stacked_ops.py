@@ -1,0 +1,116 @@
+"""The fused ops over stacked replicas (a leading replica dimension and one (seed, step) key per replica), as a
+group of seeds trains them: replica s computes what a single call with its slices and its key computes, with
+the same dropout mask and noise bit for bit, on every CPU backend (the eager ops, the native kernels, the
+Triton kernels under the interpreter)."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fastgen.ops import cpu_backend, linear_leaky_relu_dropout, native, reparameterize
+from fastgen.ops.dispatch import HAS_TRITON, TRITON_INTERPRET
+from fastgen.ops.rng import keep_mask, normal
+from tests.helpers import assert_close
+
+STACKED_BACKENDS = ["eager"] + (["native"] if native.load() else []) + (["triton"] if HAS_TRITON and TRITON_INTERPRET else [])
+KERNELS = {"eager": "eager", "native": "native", "triton": "triton"}
+
+
+def _keys(replicas: int, step: int = 3) -> torch.Tensor:
+    return torch.tensor([[1000 + 17 * s, step + s] for s in range(replicas)], dtype=torch.int64)
+
+
+def _leaves(*tensors):
+    return [t.clone().requires_grad_(True) for t in tensors]
+
+
+def _linear_pair(backend, S, B, K, N, p, bias=True, salt=0):
+    """(stacked output and gradients, per-replica outputs and gradients) of the fused linear."""
+    gen = torch.Generator().manual_seed(salt)
+    x, w = torch.randn(S, B, K, generator=gen), torch.randn(S, N, K, generator=gen) / K**0.5
+    b = torch.randn(S, N, generator=gen) if bias else None
+    keys, grad = _keys(S), torch.randn(S, B, N, generator=gen)
+    with cpu_backend(backend):
+        leaves = _leaves(x, w, *([b] if bias else []))
+        y = linear_leaky_relu_dropout(*leaves, negative_slope=0.2, p=p, seed=keys, kernels=KERNELS[backend])
+        y.backward(grad)
+        singles = []
+        for s in range(S):
+            one = _leaves(x[s], w[s], *([b[s]] if bias else []))
+            ys = linear_leaky_relu_dropout(*one, negative_slope=0.2, p=p, seed=keys[s], kernels=KERNELS[backend])
+            ys.backward(grad[s])
+            singles.append((ys, [t.grad for t in one]))
+    return y, [t.grad for t in leaves], singles
+
+
+@pytest.mark.parametrize("backend", STACKED_BACKENDS)
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_stacked_linear_is_each_replicas_single_call(backend, p):
+    y, grads, singles = _linear_pair(backend, S=3, B=37, K=19, N=29, p=p)
+    assert y.shape == (3, 37, 29)
+    for s, (ys, single_grads) in enumerate(singles):
+        assert torch.equal(y[s] != 0, ys != 0), f"replica {s}: the dropout mask differs from its single call's"
+        assert_close(y[s], ys, torch.float32, f"y[{s}]")
+        for name, g, gs in zip(("x", "weight", "bias"), grads, single_grads):
+            assert_close(g[s], gs, torch.float32, f"grad {name}[{s}]")
+
+
+@pytest.mark.parametrize("backend", STACKED_BACKENDS)
+def test_stacked_reparameterize_draws_each_replicas_noise(backend):
+    gen = torch.Generator().manual_seed(1)
+    mu, logvar, grad = (torch.randn(4, 23, 16, generator=gen) for _ in range(3))
+    keys = _keys(4)
+    with cpu_backend(backend):
+        leaves = _leaves(mu, logvar)
+        z = reparameterize(*leaves, seed=keys, kernels=KERNELS[backend])
+        z.backward(grad)
+        for s in range(4):
+            one = _leaves(mu[s], logvar[s])
+            zs = reparameterize(*one, seed=keys[s], kernels=KERNELS[backend])
+            zs.backward(grad[s])
+            assert torch.equal(z[s], zs), f"replica {s}: z differs from its single call's"
+            assert torch.equal(leaves[1].grad[s], one[1].grad), f"replica {s}: grad logvar differs"
+
+
+@pytest.mark.parametrize("backend", STACKED_BACKENDS)
+def test_stacked_draws_are_the_single_draws_bit_for_bit(backend):
+    keys = _keys(3, step=11)
+    with cpu_backend(backend):
+        masks, noise = keep_mask(keys, (3, 40, 7), 0.3), normal(keys, (3, 40, 7), torch.float32)
+        for s in range(3):
+            assert torch.equal(masks[s], keep_mask(keys[s], (40, 7), 0.3))
+            assert torch.equal(noise[s], normal(keys[s], (40, 7), torch.float32))
+    assert not torch.equal(masks[0], masks[1]), "replicas with different keys drew the same mask"
+
+
+def test_a_stacked_call_refuses_keys_that_do_not_match_its_replicas():
+    x, w, b = torch.zeros(3, 4, 5), torch.zeros(3, 6, 5), torch.zeros(3, 6)
+    with pytest.raises(ValueError, match=r"int64 tensor of shape \(3, 2\)"):
+        linear_leaky_relu_dropout(x, w, b, p=0.3, seed=7)
+    with pytest.raises(ValueError, match=r"int64 tensor of shape \(3, 2\)"):
+        linear_leaky_relu_dropout(x, w, b, p=0.3, seed=_keys(2))
+    with pytest.raises(ValueError, match="stacked replicas need"):
+        linear_leaky_relu_dropout(torch.zeros(2, 4, 5), w, b, p=0.3, seed=_keys(3))
+    with pytest.raises(ValueError, match="bias must be 2-D"):
+        linear_leaky_relu_dropout(x, w, torch.zeros(6), p=0.3, seed=_keys(3))
+    with pytest.raises(ValueError, match="stacked replicas first"):
+        reparameterize(torch.zeros(2, 4), torch.zeros(2, 4), seed=_keys(3))
+
+
+@pytest.mark.parametrize("backend", [b for b in STACKED_BACKENDS if b != "triton"])  # the interpreter: slow per example
+@given(
+    S=st.integers(1, 4),
+    B=st.integers(1, 40),
+    K=st.integers(1, 40),
+    N=st.integers(1, 40),
+    p=st.sampled_from([0.0, 0.1, 0.5]),
+    bias=st.booleans(),
+)
+def test_stacked_linear_matches_single_calls_for_any_shape(backend, S, B, K, N, p, bias):
+    y, grads, singles = _linear_pair(backend, S, B, K, N, p, bias=bias, salt=S * 1000 + B)
+    for s, (ys, single_grads) in enumerate(singles):
+        assert torch.equal(y[s] != 0, ys != 0)
+        assert_close(y[s], ys, torch.float32, f"y[{s}]")
+        for g, gs in zip(grads, single_grads):
+            assert_close(g[s], gs, torch.float32, "grad")
