@@ -161,7 +161,8 @@ def linear_leaky_relu_dropout(
     if x.dim() < 1 or x.shape[-1] != weight.shape[-1]:
         raise ValueError(f"x has shape {tuple(x.shape)} but weight {tuple(weight.shape)} needs last dimension {weight.shape[-1]}")
     if replicas is not None and (x.dim() != 3 or x.shape[0] != replicas):
-        raise ValueError(f"x has shape {tuple(x.shape)} but {replicas} stacked replicas need ({replicas}, batch, {weight.shape[-1]})")
+        need = f"({replicas}, batch, {weight.shape[-1]})"
+        raise ValueError(f"x has shape {tuple(x.shape)} but {replicas} stacked replicas need {need}")
     if bias is not None and bias.shape != weight.shape[:-1]:
         raise ValueError(f"bias has shape {tuple(bias.shape)} but weight {tuple(weight.shape)} needs {tuple(weight.shape[:-1])}")
     negative_slope = check_slope(negative_slope)
