@@ -36,6 +36,7 @@ class TrainConfig:
     lr: Optional[float] = None  # None: the model's default (GAN 2e-4, VAE 1e-3)
     betas: Optional[tuple] = None
     seed: int = 0
+    seeds: int = 1  # S > 1: a group of S seeds (seed, seed + 1, ...) trained as one, each in OUT/seed_<seed>/
     dataset: str = "mnist"
     data_dir: Optional[str] = None
     download: bool = True
@@ -87,6 +88,9 @@ class TrainConfig:
         _check_int("--batch-size", config.batch_size, minimum=1)
         _check_int("--sample-every", config.sample_every, minimum=1)
         _check_int("--seed", config.seed, minimum=0)
+        _check_int("--seeds", config.seeds, minimum=1)
+        if config.seeds > 1 and config.amp and config.amp_dtype == "fp16":
+            raise FastgenError("--seeds with --amp-dtype fp16: one loss scale would skip every replica's step together; use bf16")
         if config.max_steps is not None:
             _check_int("--max-steps", config.max_steps, minimum=1)
         if config.train_images is not None:

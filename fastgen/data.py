@@ -163,8 +163,8 @@ class DeviceSplit:
         return self.images.shape[0]
 
     def scale(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 28, 28) -> float32 (B, 784) in [low, 1]."""
-        x = images_uint8.reshape(images_uint8.shape[0], -1).float()
+        """uint8 (..., 28, 28) -> float32 (..., 784) in [low, 1] (a group's batches are (S, B, 28, 28))."""
+        x = images_uint8.reshape(*images_uint8.shape[:-2], -1).float()
         return x.mul_((1.0 - self.low) / 255.0).add_(self.low)
 
     def batch(self, index: torch.Tensor) -> torch.Tensor:

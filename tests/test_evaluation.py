@@ -245,7 +245,7 @@ def test_compare_quick_end_to_end_then_reuses_its_runs(tmp_path, mnist, evaluato
 @pytest.mark.parametrize(
     "args, message",
     [
-        pytest.param(["--seeds", "0"], "--seeds: must be >= 1", marks=pytest.mark.slow),
+        pytest.param(["--seeds", "1"], "--seeds: must be >= 2", marks=pytest.mark.slow),
         pytest.param(["--draws", "1"], "--draws: must be >= 2", marks=pytest.mark.slow),
         pytest.param(["--ema", "1.5"], "--ema must be in (0, 1)", marks=pytest.mark.slow),
         pytest.param(["--ema", "0"], "--ema: must be > 0", marks=pytest.mark.slow),

@@ -14,7 +14,10 @@ def test_run_state_is_written_when_due_and_at_the_last_epoch(mnist, tmp_path, mo
     monkeypatch.setattr(
         loop.run_state,
         "save",
-        lambda path, trainer, position, *args: (written.append(position.epoch), save(path, trainer, position, *args)),
+        lambda path, trainer, position, *args, **kwargs: (
+            written.append(position.epoch),
+            save(path, trainer, position, *args, **kwargs),
+        ),
     )
     fastgen.train(
         fastgen.TrainConfig(

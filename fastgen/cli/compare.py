@@ -29,7 +29,11 @@ def build_parser() -> Parser:
     parser.add_argument("--iwae-k", type=positive_int, help="VAE importance samples per test image (default 100)")
     parser.add_argument("--train-images", type=positive_int, help="train on the first N training images only")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="the first training seed (default 0)")
-    parser.add_argument("--seeds", type=positive_int, help="training seeds per model: SEED, SEED+1, ... (default 3; quick 2)")
+    parser.add_argument(
+        "--seeds",
+        type=int_at_least(2),
+        help="training seeds per model, trained as one group: SEED, SEED+1, ... (default 5; quick 2)",
+    )
     parser.add_argument(
         "--draws", type=int_at_least(2), help="draws of n samples measuring each score's sampling error (default 5; quick 2)"
     )

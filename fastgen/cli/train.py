@@ -26,6 +26,12 @@ def build_parser() -> Parser:
     parser.add_argument("--batch-size", type=positive_int, help="default: GAN 32, VAE 100")
     parser.add_argument("--lr", type=positive_float, help="default: GAN 2e-4 (betas 0.5, 0.999), VAE 1e-3")
     parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=1,
+        help="train seeds SEED, SEED+1, ... as one group in one step, each in OUT/seed_<seed>/ (default 1: one run)",
+    )
     parser.add_argument("--dataset", choices=tuple(DATASETS), default="mnist")
     parser.add_argument("--out", help="run folder (default: runs/<model>-<timestamp>)")
     parser.add_argument("--overwrite", action="store_true", help="reuse an --out that already holds a run")

@@ -1,11 +1,12 @@
 """`compare(config)`: the paper's GAN-vs-VAE comparison, measured over several training seeds. Trains
-both models with each seed (or continues and reuses runs already in the output folder) to each
-checkpoint epoch, keeps a weights snapshot there (raw and moving-average weights), scores every
+each model's seeds as one group of seeds (or continues and reuses the group already in the output folder) to
+each checkpoint epoch, keeps a weights snapshot there (raw and moving-average weights), scores every
 snapshot with both, measures the scores' own sampling error on the first seed's snapshots, and writes
 report.md with figures.
 
 Layout of the output folder:
-    runs/<model>/seed_<S>/                 an ordinary fastgen run (resumable)
+    runs/<model>/group.json                the model's group of seeds (resumable: fastgen.train --resume runs/<model>)
+    runs/<model>/seed_<S>/                 one replica: an ordinary fastgen run folder
     runs/<model>/seed_<S>/snapshots/epoch_NNNN.safetensors
         (+ epoch_NNNN.<raw|ema>.eval.json, and for the first seed epoch_NNNN.<raw|ema>.draws.json)
     results.json, report.md, figures/
@@ -29,7 +30,7 @@ from fastgen.evaluation.classifier import load_evaluator
 from fastgen.evaluation.scoring import SCORE_NAMES, evaluate, reference_scores, score_images
 from fastgen.files import atomic_write, atomic_write_text
 from fastgen.models.weights import DEFAULT_WEIGHTS, WEIGHT_KINDS, WEIGHTS_FILE, load
-from fastgen.training import checkpoint as run_state
+from fastgen.training import group as seed_group
 from fastgen.training import train
 from fastgen.training.distributed import launched_by_torchrun
 
@@ -38,8 +39,9 @@ GRID_SEED = 1234  # the same latent draws at every epoch, so the grids show one 
 QUICK = {"epochs": (10, 50), "train_images": 1024, "n": 1000, "iwae_k": 10, "seeds": 2, "draws": 2}
 # Three seeds: the fewest from which a spread and Welch's test mean anything; five independent draws of n
 # samples measure a score's own sampling error at n.
-FULL = {"epochs": (10, 50, 200), "train_images": None, "n": 10_000, "iwae_k": 100, "seeds": 3, "draws": 5}
-REUSE_KEYS = ("dataset", "seed", "train_images", "ema")  # settings a reused run must share with this comparison
+# Five seeds: trained as one group, they cost a GPU little more than one (README, Performance).
+FULL = {"epochs": (10, 50, 200), "train_images": None, "n": 10_000, "iwae_k": 100, "seeds": 5, "draws": 5}
+REUSE_KEYS = ("dataset", "seed", "seeds", "train_images", "ema")  # settings a reused group must share with this comparison
 DRAW_SEED = 10_000  # the sampling-error draws use seeds DRAW_SEED + i, never the scoring seed
 
 
@@ -52,7 +54,7 @@ class CompareConfig:
     iwae_k: int | None = None  # None: 100 (quick: 10)
     train_images: int | None = None  # None: the whole training split (quick: 1024)
     seed: int = 0  # the first training seed; the others follow it (seed, seed + 1, ...)
-    seeds: int | None = None  # training seeds per model; None: 3 (quick: 2)
+    seeds: int | None = None  # training seeds per model, trained as one group; None: 5 (quick: 2)
     draws: int | None = None  # independent draws of n samples measuring a score's sampling error; None: 5 (quick: 2)
     ema: float = EMA_DECAY  # the runs' moving-average decay (both raw and averaged weights are scored)
     dataset: str = "mnist"
@@ -69,7 +71,7 @@ class CompareConfig:
         values["epochs"] = tuple(sorted(set(values["epochs"])))
         if not values["epochs"] or any(isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in values["epochs"]):
             raise FastgenError(f"--epochs must be positive integers, got {self.epochs}")
-        for key, minimum in (("seeds", 1), ("draws", 2)):
+        for key, minimum in (("seeds", 2), ("draws", 2)):
             if isinstance(values[key], bool) or not isinstance(values[key], int) or values[key] < minimum:
                 raise FastgenError(f"--{key} must be an integer >= {minimum}, got {values[key]!r}")
         if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0 < self.ema < 1:
@@ -90,49 +92,62 @@ def snapshot_path(run_dir: Path, epoch: int) -> Path:
     return run_dir / "snapshots" / f"epoch_{epoch:04d}.safetensors"
 
 
+def group_path(out: Path, model: str) -> Path:
+    return out / "runs" / model
+
+
 def run_path(out: Path, model: str, seed: int) -> Path:
-    return out / "runs" / model / f"seed_{seed}"
+    return seed_group.replica_dir(group_path(out, model), seed)
 
 
-def _check_reusable(run_dir: Path, model: str, seed: int, config: CompareConfig) -> None:
-    try:
-        saved = json.loads((run_dir / "config.json").read_text())["config"]
-    except (OSError, ValueError, KeyError):
-        raise FastgenError(f"{run_dir} holds something that is not a readable fastgen run; choose another --out") from None
-    wanted = {"dataset": config.dataset, "seed": seed, "train_images": config.train_images, "ema": config.ema}
+def _check_reusable(group_dir: Path, model: str, config: CompareConfig) -> None:
+    """Refuse a folder whose runs this comparison cannot continue: another group's settings, or single-seed runs."""
+    if not seed_group.is_group(group_dir):
+        if any(group_dir.glob("seed_*/config.json")):
+            raise FastgenError(
+                f"{group_dir} holds single-seed runs of an older fastgen.compare (seeds now train as one group); "
+                "choose another --out"
+            )
+        return
+    saved = seed_group.read(group_dir)["config"]
+    wanted = {"dataset": config.dataset, "seed": config.seed, "seeds": config.seeds}
+    wanted.update(train_images=config.train_images, ema=config.ema)
     different = [f"{key} {saved.get(key)!r} (wanted {wanted[key]!r})" for key in REUSE_KEYS if saved.get(key) != wanted[key]]
     if saved.get("model") != model or different:
         raise FastgenError(
-            f"{run_dir} holds a run with other settings ({', '.join(different) or saved.get('model')}); choose another --out"
+            f"{group_dir} holds runs with other settings ({', '.join(different) or saved.get('model')}); choose another --out"
         )
 
 
-def _train_to(model: str, seed: int, epoch: int, run_dir: Path, config: CompareConfig) -> Path:
-    """The weights snapshot of `model` (seed `seed`) at `epoch`, training or continuing its run to get there if needed."""
-    snapshot = snapshot_path(run_dir, epoch)
-    if snapshot.exists():
-        return snapshot
-    started = (run_dir / run_state.CHECKPOINT_FILE).exists()
+def _train_to(model: str, epoch: int, config: CompareConfig) -> None:
+    """The weights snapshots of every seed of `model` at `epoch`, training or continuing its group to get there."""
+    group_dir = group_path(Path(config.out), model)
+    snapshots = {seed: snapshot_path(run_path(Path(config.out), model, seed), epoch) for seed in config.seed_list}
+    if all(path.exists() for path in snapshots.values()):
+        return
+    position = seed_group.read(group_dir)["position"] if seed_group.is_group(group_dir) else None
+    started = position is not None
     if started:
-        position = run_state.load(run_dir).position
-        done = position.epoch - 1
-        if done > epoch or (done == epoch and position.step_in_epoch):
-            raise FastgenError(f"{run_dir} is already past epoch {epoch} and kept no snapshot of it; choose another --out")
-    _say(config, f"training the {model} (seed {seed}) to epoch {epoch}" + (" (continuing its run)" if started else ""))
+        done = position["epoch"] - 1
+        if done > epoch or (done == epoch and position["step_in_epoch"]):
+            raise FastgenError(f"{group_dir} is already past epoch {epoch} and kept no snapshot of it; choose another --out")
+    seeds = f"seeds {config.seed_list[0]}-{config.seed_list[-1]}"
+    _say(config, f"training the {model} ({seeds}, one group) to epoch {epoch}" + (" (continuing its runs)" if started else ""))
     common = dict(epochs=epoch, device=config.device, quiet=config.quiet)
-    new_run = dict(model=model, out=str(run_dir), overwrite=True, seed=seed, ema=config.ema, dataset=config.dataset)
-    new_run.update(data_dir=config.data_dir, download=config.download, train_images=config.train_images)
+    new_run = dict(model=model, out=str(group_dir), overwrite=True, seed=config.seed, seeds=config.seeds, ema=config.ema)
+    new_run.update(dataset=config.dataset, data_dir=config.data_dir, download=config.download, train_images=config.train_images)
     try:
-        train(TrainConfig(resume=str(run_dir), **common) if started else TrainConfig(**new_run, **common))
+        train(TrainConfig(resume=str(group_dir), **common) if started else TrainConfig(**new_run, **common))
     except Interrupted as exc:
         raise Interrupted(
-            f"the {model} run was interrupted and checkpointed; run the same fastgen.compare command "
+            f"the {model} runs were interrupted and checkpointed; run the same fastgen.compare command "
             "again to continue the comparison",
             exc.exit_code - 128,
         ) from None
-    snapshot.parent.mkdir(exist_ok=True)
-    atomic_write(snapshot, lambda tmp: shutil.copyfile(run_dir / WEIGHTS_FILE, tmp))
-    return snapshot
+    for seed, snapshot in snapshots.items():
+        snapshot.parent.mkdir(exist_ok=True)
+        weights = run_path(Path(config.out), model, seed) / WEIGHTS_FILE
+        atomic_write(snapshot, lambda tmp, weights=weights: shutil.copyfile(weights, tmp))
 
 
 def _cached(path: Path, wanted: dict, evaluator, compute) -> dict:
@@ -185,17 +200,28 @@ def _read_metrics(run_dir: Path) -> list[dict]:
 
 
 def _train_all(config: CompareConfig) -> None:
-    """Every run to every checkpoint epoch, earliest epoch first across models and seeds, so that an
-    interrupted comparison already holds complete early checkpoints."""
+    """Every group to every checkpoint epoch, earliest epoch first across models, so that an interrupted
+    comparison already holds complete early checkpoints; the time each stage took goes to stages.json."""
     out = Path(config.out)
     for model in MODELS:
-        for seed in config.seed_list:
-            if (run_path(out, model, seed) / "config.json").exists():
-                _check_reusable(run_path(out, model, seed), model, seed, config)
+        _check_reusable(group_path(out, model), model, config)
     for epoch in config.epochs:
-        for seed in config.seed_list:
-            for model in MODELS:
-                _train_to(model, seed, epoch, run_path(out, model, seed), config)
+        for model in MODELS:
+            start = time.perf_counter()
+            _train_to(model, epoch, config)
+            _record_stage(out, f"train {model} to epoch {epoch}", time.perf_counter() - start)
+
+
+def _record_stage(out: Path, name: str, seconds: float) -> None:
+    """Add (or replace) a stage's wall time in stages.json: how long each part of the comparison took here."""
+    path = out / "stages.json"
+    try:
+        stages = json.loads(path.read_text())
+    except (OSError, ValueError):
+        stages = {}
+    if name not in stages or seconds > 1.0:  # a stage skipped on a rerun keeps the time it took when it ran
+        stages[name] = round(seconds, 2)
+    atomic_write_text(path, json.dumps(stages, indent=2) + "\n")
 
 
 def _model_results(model: str, config: CompareConfig, evaluator) -> dict:
@@ -231,12 +257,17 @@ def compare(config: CompareConfig) -> Path:
     _train_all(config)
     results: dict = {"config": asdict(config), "device": device_name(device), "seeds": config.seed_list}
     results["weights"] = {model: DEFAULT_WEIGHTS[model] for model in MODELS}
-    results["models"] = {model: _model_results(model, config, evaluator) for model in MODELS}
+    results["models"] = {}
+    for model in MODELS:
+        stage_start = time.perf_counter()
+        results["models"][model] = _model_results(model, config, evaluator)
+        _record_stage(out, f"score {model}", time.perf_counter() - stage_start)
     _say(config, "scoring the reference rows (training split, uniform noise)")
     evaluator.to(device)
     results["reference"] = reference_scores(evaluator, config.n, config.seed, config.data_dir, config.download)
     results["evaluator"] = {"test_accuracy": evaluator.accuracy, "sha256": evaluator.sha256}
     results["compare_s"] = time.perf_counter() - start
+    results["stages"] = json.loads((out / "stages.json").read_text())
     atomic_write_text(out / "results.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
     return write_report(out, results, _grid_samples(results))
 

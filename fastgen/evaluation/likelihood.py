@@ -25,19 +25,31 @@ def _unit(images_uint8: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def loss_per_image(vae, images_uint8: torch.Tensor, seed: int, batch_size: int = 1000, autocast=contextlib.nullcontext) -> float:
-    """Mean per-image BCE + KL over the images, with eps drawn from a fixed key so calls compare like for like."""
+def loss_per_image(
+    vae, images_uint8: torch.Tensor, seed: int | list[int], batch_size: int = 1000, autocast=contextlib.nullcontext
+) -> float | list[float]:
+    """Mean per-image BCE + KL over the images, with eps drawn from a fixed key so calls compare like for like.
+
+    A VAE stacked over replicas takes one seed per replica and returns one mean per replica, each what the
+    single VAE with that seed gives."""
+    replicas = getattr(vae, "replicas", None)
     was_training = vae.training
     vae.eval()
     device = images_uint8.device
-    total = torch.zeros((), device=device)
-    key = torch.tensor([seed, 0], dtype=torch.int64, device=device)
+    seeds = [seed] if replicas is None else list(seed)
+    total = torch.zeros(len(seeds), device=device)
+    keys = torch.tensor([[s, 0] for s in seeds], dtype=torch.int64, device=device)
     for start in range(0, len(images_uint8), batch_size):
         x = _unit(images_uint8[start : start + batch_size])
+        offset = torch.tensor([0, start], device=device)
         with autocast():
-            total += vae.loss(x, seed=key + torch.tensor([0, start], device=device), reduction="sum")[0]
+            if replicas is None:
+                total += vae.loss(x, seed=keys[0] + offset, reduction="sum")[0]
+            else:
+                total += vae.loss(x.expand(replicas, *x.shape), seed=keys + offset, reduction="sum")[0]
     vae.train(was_training)
-    return total.item() / len(images_uint8)
+    means = [value / len(images_uint8) for value in total.tolist()]
+    return means[0] if replicas is None else means
 
 
 @torch.no_grad()

@@ -20,12 +20,13 @@ _NEXT_STEP = torch.tensor([0, 1])  # (seed, step) + (0, 1), for CPU keys advance
 
 
 def next_key(key_buffer: torch.Tensor) -> torch.Tensor:
-    """This call's key, then advance the buffer's step on the device (no host sync, graph-safe)."""
+    """This call's key, then advance the buffer's step on the device (no host sync, graph-safe). A stacked
+    buffer (replicas, 2) advances every replica's step."""
     key = key_buffer.clone()
     if key_buffer.device.type == "cpu" and not torch.compiler.is_compiling():
         key_buffer.add_(_NEXT_STEP)  # one op: the indexed += below is three in eager mode
     else:
-        key_buffer[1] += 1
+        key_buffer[..., 1] += 1
     return key
 
 

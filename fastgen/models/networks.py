@@ -19,6 +19,11 @@ def _mlp(sizes, negative_slope: float, p: float, kernels: str) -> nn.Sequential:
     )
 
 
+def _lead(module: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
+    """The leading batch dimensions of `x`: (B,), or (S, B) in a network stacked over S replicas."""
+    return tuple(x.shape[:2] if getattr(module, "replicas", None) else x.shape[:1])
+
+
 def _seeded_normal(shape, seed, device) -> torch.Tensor:
     gen = torch.Generator(device="cpu")
     if seed is None:
@@ -39,7 +44,7 @@ class Generator(nn.Module):
         self.out = nn.Linear(1024, IMAGE_PIXELS)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.out(self.hidden(z))).view(-1, *IMAGE_SHAPE)
+        return torch.tanh(self.out(self.hidden(z))).view(*z.shape[:-1], *IMAGE_SHAPE)
 
     @torch.no_grad()
     def sample(self, n: int, seed: int | None = None) -> torch.Tensor:
@@ -53,7 +58,8 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """784 -> 1024 -> 512 -> 256 -> 1 with LeakyReLU(0.2) + Dropout(0.3) after each hidden layer; returns logits (B,)."""
+    """784 -> 1024 -> 512 -> 256 -> 1 with LeakyReLU(0.2) + Dropout(0.3) after each hidden layer; returns logits (B,)
+    ((S, B) stacked)."""
 
     def __init__(self, kernels: str = "auto"):
         super().__init__()
@@ -61,7 +67,7 @@ class Discriminator(nn.Module):
         self.out = nn.Linear(256, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.hidden(x.reshape(x.shape[0], IMAGE_PIXELS))).squeeze(1)
+        return self.out(self.hidden(x.reshape(*_lead(self, x), IMAGE_PIXELS))).squeeze(-1)
 
 
 class VAE(nn.Module):
@@ -79,7 +85,7 @@ class VAE(nn.Module):
         self.reparameterize = Reparameterize(kernels)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.to_latent(self.encoder(x.reshape(x.shape[0], IMAGE_PIXELS))).chunk(2, dim=1)
+        mu, logvar = self.to_latent(self.encoder(x.reshape(*_lead(self, x), IMAGE_PIXELS))).chunk(2, dim=-1)
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -92,12 +98,22 @@ class VAE(nn.Module):
         return self.decode(self.reparameterize(mu, logvar, seed)), mu, logvar
 
     def loss(self, x: torch.Tensor, seed=None, reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss, bce, kl) per image (summed over pixels / latents), reduced as asked; x in [0, 1]."""
+        """(loss, bce, kl) per image (summed over pixels / latents), reduced as asked over the batch (stacked: per
+        replica); x in [0, 1]."""
         logits, mu, logvar = self(x, seed)
-        target = x.reshape(x.shape[0], IMAGE_PIXELS)
+        lead = _lead(self, x)
+        target = x.reshape(*lead, IMAGE_PIXELS)
         kl = kl_to_standard_normal(mu, logvar)
-        loss = bce_kl_loss(logits, target, mu, logvar, reduction="none", kernels=self.reparameterize.kernels)
-        reduce = {"mean": torch.mean, "sum": torch.sum, "none": lambda t: t}[reduction]
+        rows = (-1, IMAGE_PIXELS), (-1, self.latent_dim)  # the loss is per image: replicas' rows in one call
+        loss = bce_kl_loss(
+            logits.reshape(rows[0]),
+            target.reshape(rows[0]),
+            mu.reshape(rows[1]),
+            logvar.reshape(rows[1]),
+            reduction="none",
+            kernels=self.reparameterize.kernels,
+        ).view(lead)
+        reduce = {"mean": lambda t: t.mean(-1), "sum": lambda t: t.sum(-1), "none": lambda t: t}[reduction]
         return reduce(loss), reduce(loss.detach() - kl.detach()), reduce(kl.detach())
 
     @torch.no_grad()
@@ -111,4 +127,4 @@ class VAE(nn.Module):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstructions (pixel means at z = mu) of images x in [0, 1]."""
         mu, _ = self.encode(x)
-        return torch.sigmoid(self.decode(mu).float()).view(x.shape[0], *IMAGE_SHAPE)
+        return torch.sigmoid(self.decode(mu).float()).view(*_lead(self, x), *IMAGE_SHAPE)

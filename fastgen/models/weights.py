@@ -26,8 +26,9 @@ def save_weights(
     path: Path, modules: dict[str, torch.nn.Module], model: str, config: dict, ema: dict[str, torch.Tensor] | None = None
 ) -> None:
     """All modules' state (weights and buffers) under '<name>.' prefixes, the averaged parameters (already
-    named ema.<name>.<key>) if any, with the config as metadata."""
-    tensors = {f"{name}.{key}": value for name, module in modules.items() for key, value in module.state_dict().items()}
+    named ema.<name>.<key>) if any, with the config as metadata. A module may be given as its state dict."""
+    states = {name: m.state_dict() if isinstance(m, torch.nn.Module) else m for name, m in modules.items()}
+    tensors = {f"{name}.{key}": value for name, state in states.items() for key, value in state.items()}
     tensors.update(ema or {})
     metadata = {"fastgen_format": FORMAT_VERSION, "model": model, "config": json.dumps(config)}
     write_checked_safetensors(path, tensors, metadata)

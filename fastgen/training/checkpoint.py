@@ -11,10 +11,12 @@ import torch
 
 from fastgen.errors import FastgenError
 from fastgen.files import read_checked_safetensors, write_checked_safetensors
-from fastgen.models.weights import FORMAT_VERSION
 from fastgen.version import __version__
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
+# 3: the GAN's latent noise is drawn from a (seed, step) key saved here, no longer from torch's generator, so a
+# format-2 run would continue on another noise stream.
+CHECKPOINT_FORMAT = "3"
 
 
 @dataclass
@@ -24,7 +26,17 @@ class Position:
     step: int  # optimizer steps done in the whole run
 
 
-def trainer_tensors(trainer) -> dict[str, torch.Tensor]:
+def trainer_tensors(trainer, replica: int | None = None) -> dict[str, torch.Tensor]:
+    """The trainer's state by checkpoint name; for a group, `replica` picks one replica's slices (what its single
+    run's checkpoint holds). Every state tensor of a group has a leading replica dimension but the 0-d ones (Adam's
+    step counters and learning rate, the EMA's update count), which the replicas share."""
+    tensors = _all_trainer_tensors(trainer)
+    if replica is None:
+        return tensors
+    return {key: value[replica] if value.dim() else value for key, value in tensors.items()}
+
+
+def _all_trainer_tensors(trainer) -> dict[str, torch.Tensor]:
     tensors = {}
     for name in trainer.modules:
         for key, value in getattr(trainer, name).state_dict().items():
@@ -39,6 +51,8 @@ def trainer_tensors(trainer) -> dict[str, torch.Tensor]:
     for name, scaler in trainer.scalers.items():
         if scaler is not None:
             tensors[f"scaler.{name}.scale"], tensors[f"scaler.{name}.growth_tracker"] = scaler.scale, scaler.growth_tracker
+    if getattr(trainer, "noise_key", None) is not None:
+        tensors["noise.latent_key"] = trainer.noise_key
     return tensors
 
 
@@ -51,16 +65,18 @@ def save(
     config: dict,
     metrics: list[dict],
     model: str,
+    replica: int | None = None,
 ) -> None:
-    """Write the checkpoint; `data_gen_state` is the data generator's state at the start of `position.epoch`."""
-    tensors = trainer_tensors(trainer)
+    """Write the checkpoint (of one replica of a group: `replica`); `data_gen_state` is the data generator's state
+    at the start of `position.epoch`."""
+    tensors = trainer_tensors(trainer, replica)
     tensors["rng.torch_cpu"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng.torch_cuda"] = torch.cuda.get_rng_state()
     tensors["rng.data_epoch_start"] = data_gen_state.cpu()
     tensors["progress.epoch_sums"] = sums.detach().cpu()
     metadata = {
-        "fastgen_format": FORMAT_VERSION,
+        "fastgen_format": CHECKPOINT_FORMAT,
         "fastgen_version": __version__,
         "model": model,
         "dataset": config["dataset"],
@@ -84,9 +100,10 @@ def load(run_dir) -> Checkpoint:
     if not path.is_file():
         raise FastgenError(f"--resume {run_dir}: no {CHECKPOINT_FILE} there (not a fastgen run, or it never finished a step)")
     tensors, metadata = read_checked_safetensors(path, "checkpoint")
-    if metadata.get("fastgen_format") != FORMAT_VERSION:
+    if metadata.get("fastgen_format") != CHECKPOINT_FORMAT:
         raise FastgenError(
-            f"{path} has checkpoint format {metadata.get('fastgen_format')!r}; this fastgen reads format {FORMAT_VERSION}"
+            f"{path} has checkpoint format {metadata.get('fastgen_format')!r}; this fastgen resumes format {CHECKPOINT_FORMAT} "
+            "only (format 3 draws the GAN's latent noise from a saved key: an older run would continue on another stream)"
         )
     saved_version = metadata.get("fastgen_version", "?")
     if saved_version.split(".")[:2] != __version__.split(".")[:2]:
@@ -105,9 +122,10 @@ def load(run_dir) -> Checkpoint:
         ) from None
 
 
-def restore(trainer, checkpoint: Checkpoint) -> None:
-    """Copy the saved state into the trainer's own tensors (their addresses stay, as CUDA graphs need)."""
-    expected = trainer_tensors(trainer)
+def restore(trainer, checkpoint: Checkpoint, replica: int | None = None) -> None:
+    """Copy the saved state into the trainer's own tensors (their addresses stay, as CUDA graphs need); for a
+    group, into replica `replica`'s slices (its shared 0-d tensors must agree across the group's checkpoints)."""
+    expected = trainer_tensors(trainer, replica)
     saved = {k: v for k, v in checkpoint.tensors.items() if not k.startswith(("rng.", "progress."))}
     missing, unexpected = expected.keys() - saved.keys(), saved.keys() - expected.keys()
     if missing or unexpected:
@@ -124,6 +142,8 @@ def restore(trainer, checkpoint: Checkpoint) -> None:
                     f"checkpoint does not match the architecture: {key} has shape "
                     f"{tuple(value.shape)}, expected {tuple(target.shape)}"
                 )
+            if replica and value.dim() == 0 and not torch.equal(target, value.to(target.device)):
+                raise FastgenError(f"the group's checkpoints disagree on {key}: they are not of one group step")
             target.copy_(value)
 
 

@@ -27,10 +27,22 @@ from fastgen.data import DeviceSplit
 from fastgen.errors import FastgenError, Interrupted
 from fastgen.training import checkpoint as run_state
 from fastgen.training import distributed
+from fastgen.training import group as seed_group
 from fastgen.training.run_files import RunWriter
 from fastgen.training.trainers import Trainer
 
 POSTFIX_EVERY = 50  # steps between progress-bar loss readouts (each one is a host sync)
+
+
+@dataclass
+class Replica:
+    """One seed's run folder and data order: a single run has one replica, a group of seeds one per seed."""
+
+    seed: int
+    writer: RunWriter
+    data_gen: torch.Generator  # draws each epoch's permutation
+    config: dict  # the configuration its files record: a single run's with this seed and folder
+    checkpoint: run_state.Checkpoint | None = None  # the checkpoint resumed from
 
 
 @dataclass
@@ -39,14 +51,13 @@ class Run:
 
     config: TrainConfig
     device: torch.device
-    group: distributed.Group | None
+    group: distributed.Group | None  # torchrun's process group (not a group of seeds: see `replicas`)
     trainer: Trainer
     step_fn: object  # batch indices -> the trainer's step on that batch (compiled, graphed)
     train_split: DeviceSplit
-    writer: RunWriter
-    data_gen: torch.Generator  # draws each epoch's permutation
+    replicas: list[Replica]
+    out: Path  # the run folder; a group's folder holds group.json and the replicas' folders
     position: run_state.Position  # where to start
-    checkpoint: run_state.Checkpoint | None  # the checkpoint resumed from
     notice: object
 
     @property
@@ -54,8 +65,18 @@ class Run:
         return self.group is None or self.group.is_main
 
     @property
-    def out(self) -> Path:
-        return self.writer.out
+    def seed_group(self) -> bool:
+        return self.trainer.replicas is not None
+
+    @property
+    def checkpoint(self) -> run_state.Checkpoint | None:
+        """The (first replica's) checkpoint resumed from."""
+        return self.replicas[0].checkpoint
+
+    @property
+    def writer(self) -> RunWriter:
+        """The first replica's files (a single run's only ones)."""
+        return self.replicas[0].writer
 
 
 @dataclass
@@ -83,7 +104,7 @@ def run_epochs(run: Run) -> Progress:
     with _stop_requests() as stop:
         for epoch in range(run.position.epoch, progress.last_epoch + 1):
             epoch_start = time.perf_counter()
-            epoch_gen_state = run.data_gen.get_state()
+            epoch_gen_state = [replica.data_gen.get_state() for replica in run.replicas]
             n_steps = min(progress.steps_per_epoch, progress.total_steps - (epoch - 1) * progress.steps_per_epoch)
             sums, first = _run_steps(run, progress, epoch, n_steps, epoch_gen_state, stop)
             stopping = _stop_agreed(stop, run)
@@ -120,13 +141,16 @@ def _schedule(run: Run) -> Progress:
 def _run_steps(run: Run, progress: Progress, epoch: int, n_steps: int, epoch_gen_state, stop) -> tuple[torch.Tensor, int]:
     """One epoch's steps (continuing a partial epoch after a resume); returns the metric sums and the first step."""
     trainer, group = run.trainer, run.group
-    batches = run.train_split.epoch_batches(run.config.batch_size, run.data_gen)
+    orders = [run.train_split.epoch_batches(run.config.batch_size, replica.data_gen) for replica in run.replicas]
+    batches = torch.stack(orders, dim=1) if run.seed_group else orders[0]  # (steps, S, B) for a group of seeds
     if group is not None:
         batches = batches[:, group.rank :: group.world_size]  # this rank's shard of every global batch
-    first, sums = 0, torch.zeros(len(trainer.metric_names), device=run.device)
+    lead = (len(run.replicas),) if run.seed_group else ()
+    first, sums = 0, torch.zeros((*lead, len(trainer.metric_names)), device=run.device)
     if run.checkpoint is not None and epoch == run.position.epoch and run.position.step_in_epoch:
         first = run.position.step_in_epoch
-        sums = run.checkpoint.tensors["progress.epoch_sums"].to(run.device)
+        saved = [replica.checkpoint.tensors["progress.epoch_sums"] for replica in run.replicas]
+        sums = (torch.stack(saved) if run.seed_group else saved[0]).to(run.device)
     bar = _ProgressBar(run, epoch, progress.last_epoch, n_steps, first)
     for i in range(first, n_steps):
         stats = run.step_fn(batches[i])
@@ -174,36 +198,60 @@ def _finish_epoch(
     if progress.steady_start is not None:
         progress.steady_s += loop_end - max(epoch_start, progress.steady_start)
     _check_finite(run, sums, epoch, progress.step)
-    row = {
-        "epoch": epoch,
-        "step": progress.step,
-        **dict(zip(run.trainer.metric_names, values)),
-        "epoch_s": epoch_s,
-        "samples_per_s": (n_steps - first) * run.config.batch_size / epoch_s,
-    }
-    if run.is_main:
-        row.update(run.trainer.epoch_metrics())
-    run.writer.append_metrics(row)
+    extra = run.trainer.epoch_metrics() if run.is_main else None
+    grids = None
     if run.is_main and (epoch % run.config.sample_every == 0 or epoch == progress.last_epoch):
-        for name, images in run.trainer.sample_grids().items():
-            run.writer.save_grid(images, f"{name}_{epoch:04d}.png")
+        grids = run.trainer.sample_grids()
+    replicas = len(run.replicas)
+    if not run.seed_group:
+        values, extra, grids = [values], [extra], [grids]
+    extra, grids = extra or [None] * replicas, grids or [None] * replicas
+    for i, replica in enumerate(run.replicas):
+        row = {
+            "epoch": epoch,
+            "step": progress.step,
+            **dict(zip(run.trainer.metric_names, values[i])),
+            "epoch_s": epoch_s,
+            "samples_per_s": (n_steps - first) * run.config.batch_size / epoch_s,  # this replica's; a group's is S times it
+        }
+        row.update(extra[i] or {})
+        replica.writer.append_metrics(row)
+        for name, images in (grids[i] or {}).items():
+            replica.writer.save_grid(images, f"{name}_{epoch:04d}.png")
     if stopping or epoch == progress.last_epoch or time.perf_counter() - progress.last_save >= run.config.save_interval:
         _save_run_state(run, progress, epoch, n_steps, sums, epoch_gen_state)
     if run.is_main and not run.config.quiet and not _ProgressBar.shown(run):
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step"))
-        print(f"epoch {epoch}/{progress.last_epoch}: {shown}", flush=True)
+        for replica in run.replicas:
+            row = replica.writer.metrics[-1]
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step"))
+            seed = f" seed {replica.seed}" if run.seed_group else ""
+            print(f"epoch {epoch}/{progress.last_epoch}{seed}: {shown}", flush=True)
 
 
 def _save_run_state(run: Run, progress: Progress, epoch: int, n_steps: int, sums: torch.Tensor, epoch_gen_state) -> None:
-    """The weights file and the checkpoint as of this epoch's end."""
-    modules = {name: getattr(run.trainer, name) for name in run.trainer.modules}
-    ema = run.trainer.ema.tensors() if run.trainer.ema is not None else None
-    run.writer.save_weights(modules, run.config.model, run.config.to_dict(), ema)
+    """The weights files and the checkpoint as of this epoch's end."""
+    for i, replica in enumerate(run.replicas):
+        index = i if run.seed_group else None
+        modules = {name: _state(getattr(run.trainer, name), index) for name in run.trainer.modules}
+        ema = _slice(run.trainer.ema.tensors(), index) if run.trainer.ema is not None else None
+        replica.writer.save_weights(modules, run.config.model, replica.config, ema)
     if n_steps < progress.steps_per_epoch:  # stopped by --max-steps: a resume may finish this epoch
         _save_checkpoint(run, run_state.Position(epoch, n_steps, progress.step), sums, epoch_gen_state)
     else:
-        _save_checkpoint(run, run_state.Position(epoch + 1, 0, progress.step), torch.zeros_like(sums), run.data_gen.get_state())
+        next_states = [replica.data_gen.get_state() for replica in run.replicas]
+        _save_checkpoint(run, run_state.Position(epoch + 1, 0, progress.step), torch.zeros_like(sums), next_states)
     progress.last_save = time.perf_counter()
+
+
+def _state(module: torch.nn.Module, replica: int | None) -> dict[str, torch.Tensor]:
+    """A module's state dict, or one replica's slices of a stacked module's."""
+    return _slice(module.state_dict(), replica)
+
+
+def _slice(tensors: dict[str, torch.Tensor], replica: int | None) -> dict[str, torch.Tensor]:
+    if replica is None:
+        return tensors
+    return {key: value[replica] if value.dim() else value for key, value in tensors.items()}
 
 
 class _ProgressBar:
@@ -235,18 +283,26 @@ class _ProgressBar:
         self.bar.close()
 
 
-def _save_checkpoint(run: Run, position: run_state.Position, sums: torch.Tensor, epoch_gen_state: torch.Tensor) -> None:
-    if run.is_main:
+def _save_checkpoint(run: Run, position: run_state.Position, sums: torch.Tensor, epoch_gen_states: list) -> None:
+    """The checkpoint; a group's replicas' checkpoints are written pending, then committed together (group.py)."""
+    if not run.is_main:
+        return
+    name = seed_group.PENDING_FILE if run.seed_group else run_state.CHECKPOINT_FILE
+    for i, replica in enumerate(run.replicas):
+        index = i if run.seed_group else None
         run_state.save(
-            run.out / run_state.CHECKPOINT_FILE,
+            replica.writer.out / name,
             run.trainer,
             position,
-            sums,
-            epoch_gen_state,
-            run.config.to_dict(),
-            run.writer.metrics,
+            sums[i] if run.seed_group else sums,
+            epoch_gen_states[i],
+            replica.config,
+            replica.writer.metrics,
             run.config.model,
+            replica=index,
         )
+    if run.seed_group:
+        seed_group.commit(run.out, run.config.to_dict(), [r.seed for r in run.replicas], position)
 
 
 def _sync(device: torch.device) -> None:
@@ -289,7 +345,13 @@ def _check_finite(run: Run, sums: torch.Tensor, epoch: int, step: int) -> None:
     """Stop a diverged run before it overwrites the last good checkpoint."""
     if bool(torch.isfinite(sums).all()):
         return
-    bad = ", ".join(f"{name}={value}" for name, value in zip(run.trainer.metric_names, sums.tolist()) if not math.isfinite(value))
+    rows = sums.tolist() if run.seed_group else [sums.tolist()]
+    bad = ", ".join(
+        f"{name}={value}" + (f" (seed {replica.seed})" if run.seed_group else "")
+        for replica, row in zip(run.replicas, rows)
+        for name, value in zip(run.trainer.metric_names, row)
+        if not math.isfinite(value)
+    )
     raise FastgenError(
         f"training diverged in epoch {epoch} (by step {step}): {bad}; the last good checkpoint in "
         f"{run.out} is kept; try a lower --lr or train without --amp"

@@ -80,6 +80,9 @@ def fused_adam_(
     found_inf: torch.Tensor | None,
 ) -> None:
     torch._foreach_add_(steps, 1)
+    # The fused kernel reads a gradient as if laid out like its parameter: a transposed one (a batched matmul's
+    # weight gradient, in a group of seeds) would update the wrong elements (measured), so match the layouts first.
+    grads = [g if g.stride() == p.stride() else torch.empty_like(p).copy_(g) for p, g in zip(params, grads)]
     torch._fused_adam_(
         params,
         grads,

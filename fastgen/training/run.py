@@ -22,11 +22,13 @@ from fastgen.errors import FastgenError
 from fastgen.ops import cpu_backend, native, triton_runs_on
 from fastgen.training import checkpoint as run_state
 from fastgen.training import distributed
+from fastgen.training import group as seed_group
 from fastgen.training.compiled_step import build_step, describe
 from fastgen.training.cpu_tuning import tune_for_cpu_training
-from fastgen.training.loop import Run, run_epochs
+from fastgen.training.loop import Replica, Run, run_epochs
+from fastgen.training.memory import check_group_fits
 from fastgen.training.run_files import RunWriter, default_out, prepare_out
-from fastgen.training.trainers import TRAINERS
+from fastgen.training.trainers import TRAINERS, replica_seeds
 
 # Settings a resume may change; everything else is the saved run's. None/False (and "auto" for the
 # device) mean "not asked for".
@@ -44,7 +46,9 @@ def _silent(message: str) -> None:
 def train(config: TrainConfig) -> dict:
     """Train the paper's GAN or VAE as `config` says; write the run folder; return the summary dict.
 
-    Under torchrun (`torchrun --nproc_per_node N -m fastgen.train ...`) every rank trains its shard of
+    With `seeds=S` (S > 1) the S seeds train as one group in one step, each replica writing a single run's folder
+    OUT/seed_<seed>/; the summary returned (and written to OUT/summary.json) holds each replica's summary under
+    "replicas". Under torchrun (`torchrun --nproc_per_node N -m fastgen.train ...`) every rank trains its shard of
     each global batch; rank 0 writes the files.
     """
     owns_group = distributed.launched_by_torchrun() and not torch.distributed.is_initialized()
@@ -65,11 +69,13 @@ def train(config: TrainConfig) -> dict:
 
 
 def _set_up(config: TrainConfig) -> tuple[Run, torch.dtype | None, dict]:
-    checkpoint = None
+    checkpoints = None
     if config.resume is not None:
-        config, checkpoint = resumed_config(config)
+        config, checkpoints = resumed_config(config)
     config = config.resolved()
     group, device_choice = distributed.init(config.device)
+    if group is not None and config.seeds > 1:
+        raise FastgenError("--seeds trains a group of seeds in one process; run it without torchrun")
     device = resolve_device(device_choice)
     config.device = device.type  # recorded resolved, so that a resume continues on the same kind of device
     if config.data_dir is not None:  # recorded absolute, so that evaluating the run later finds it
@@ -81,36 +87,60 @@ def _set_up(config: TrainConfig) -> tuple[Run, torch.dtype | None, dict]:
     torch.manual_seed(config.seed)
     cpu_tuning = tune_for_cpu_training() if device.type == "cpu" else None  # before the first parallel op
     trainer_class = TRAINERS[config.model]
+    seeds = replica_seeds(config)
+    check_group_fits(config.model, len(seeds), config.batch_size, device)
     train_split, test_split = _load_splits(config, device, trainer_class)
     compiled = step_paths(config, device, group is not None, _silent)[0]
     config.kernels = resolve_kernels(config.kernels, device, compiled, say)  # recorded resolved: a resume keeps them
-    out = prepare_out(config.out or default_out(config.model), config.overwrite)
+    out = prepare_out(config.out or default_out(config.model), config.overwrite, samples=len(seeds) == 1)
     if group is not None:
         group.barrier()  # every rank has checked --out before rank 0 writes into it
     config.out = str(out)
-    writer = RunWriter(out, enabled=group is None or group.is_main)
 
     trainer = trainer_class(config, device, amp_dtype, test_split)
     if group is not None:
         trainer.reduce_grads = group.average_grads
-    data_gen = torch.Generator(device=device).manual_seed(config.seed)
+    replicas = _replicas(config, out, device, seeds, enabled=group is None or group.is_main)
     position = run_state.Position(epoch=1, step_in_epoch=0, step=0)
-    if checkpoint is not None:
-        position = _restore(checkpoint, trainer, data_gen, writer)
+    if checkpoints is not None:
+        position = _restore(checkpoints, trainer, replicas)
+    elif trainer.replicas is not None:
+        seed_group.write(out, config.to_dict(), seeds, None)  # the group's record, before its first checkpoint
     step_fn = _build_step(config, device, trainer, train_split, group, say)
-    if checkpoint is not None:
-        run_state.restore_rng(checkpoint)  # the noise stream as it was after the last saved step
+    if checkpoints is not None:
+        run_state.restore_rng(checkpoints[0])  # torch's generators as they were after the last saved step
     if group is not None:
         distributed.own_random_streams(trainer, config.seed, group.rank, position.step)
-    run = Run(config, device, group, trainer, step_fn, train_split, writer, data_gen, position, checkpoint, say)
+    run = Run(config, device, group, trainer, step_fn, train_split, replicas, out, position, say)
     run_info = _write_run_info(run, amp_dtype, cpu_tuning)
     return run, amp_dtype, run_info
 
 
-def resumed_config(config: TrainConfig) -> tuple[TrainConfig, run_state.Checkpoint]:
-    """The saved run's configuration, with the settings of RESUME_OVERRIDES that `config` asks for."""
-    checkpoint = run_state.load(config.resume)
-    saved = dict(checkpoint.config)
+def _replicas(config: TrainConfig, out: Path, device: torch.device, seeds: list[int], enabled: bool) -> list[Replica]:
+    """The run's replica (a single run), or a group's, each with its folder and data-order generator."""
+    if len(seeds) == 1:
+        writer = RunWriter(out, enabled=enabled)
+        return [Replica(seeds[0], writer, torch.Generator(device=device).manual_seed(seeds[0]), config.to_dict())]
+    replicas = []
+    for seed in seeds:
+        folder = prepare_out(seed_group.replica_dir(out, seed), overwrite=True)  # the group's folder was checked
+        own = {**config.to_dict(), "seed": seed, "seeds": 1, "out": str(folder), "resume": str(folder) if config.resume else None}
+        replicas.append(Replica(seed, RunWriter(folder), torch.Generator(device=device).manual_seed(seed), own))
+    return replicas
+
+
+def resumed_config(config: TrainConfig) -> tuple[TrainConfig, list[run_state.Checkpoint]]:
+    """The saved run's configuration, with the settings of RESUME_OVERRIDES that `config` asks for, and its
+    checkpoint (a group's: one per replica, of one step)."""
+    if seed_group.is_group(config.resume):
+        record, checkpoints = seed_group.load_checkpoints(Path(config.resume))
+        saved = dict(record["config"])
+    else:
+        checkpoints = [run_state.load(config.resume)]
+        saved = dict(checkpoints[0].config)
+    checkpoint = checkpoints[0]
+    if config.seeds != 1 and config.seeds != saved.get("seeds", 1):
+        raise FastgenError(f"--resume {config.resume} holds {saved.get('seeds', 1)} seed(s); --seeds cannot change on a resume")
     for key in RESUME_OVERRIDES:
         if getattr(config, key) not in (None, False) and not (key == "device" and config.device == "auto"):
             saved[key] = getattr(config, key)
@@ -126,7 +156,7 @@ def resumed_config(config: TrainConfig) -> tuple[TrainConfig, run_state.Checkpoi
     if saved.get("kernels") == "auto":  # a run from before kernels were recorded resolved: what it ran
         saved["kernels"] = _recorded_kernels(Path(config.resume)) or "auto"
     saved.update(out=str(config.resume), overwrite=True, resume=str(config.resume))
-    return TrainConfig(**saved), checkpoint
+    return TrainConfig(**saved), checkpoints
 
 
 def _recorded_kernels(run_dir: Path) -> str | None:
@@ -182,15 +212,17 @@ def _load_splits(config: TrainConfig, device: torch.device, trainer_class) -> tu
     return train_split, load("test") if trainer_class.needs_test_split else None
 
 
-def _restore(checkpoint: run_state.Checkpoint, trainer, data_gen: torch.Generator, writer: RunWriter) -> run_state.Position:
-    """Load a checkpoint's training state and finished epochs' metrics; return where to continue."""
-    run_state.restore(trainer, checkpoint)
-    position = checkpoint.position
-    data_gen.set_state(checkpoint.tensors["rng.data_epoch_start"].to(data_gen.get_state().device))
-    for row in checkpoint.metrics:
-        if row["epoch"] < position.epoch:  # a partial epoch's row is rewritten when it completes
-            writer.append_metrics(row)
-    return position
+def _restore(checkpoints: list[run_state.Checkpoint], trainer, replicas: list[Replica]) -> run_state.Position:
+    """Load the checkpoints' training state (a group's into each replica's slices) and finished epochs' metrics;
+    return where to continue."""
+    for i, (checkpoint, replica) in enumerate(zip(checkpoints, replicas)):
+        run_state.restore(trainer, checkpoint, i if trainer.replicas is not None else None)
+        replica.checkpoint = checkpoint
+        replica.data_gen.set_state(checkpoint.tensors["rng.data_epoch_start"].to(replica.data_gen.get_state().device))
+        for row in checkpoint.metrics:
+            if row["epoch"] < checkpoint.position.epoch:  # a partial epoch's row is rewritten when it completes
+                replica.writer.append_metrics(row)
+    return checkpoints[0].position
 
 
 def _build_step(config: TrainConfig, device: torch.device, trainer, train_split: DeviceSplit, group, say):
@@ -270,15 +302,47 @@ def _write_run_info(run: Run, amp_dtype, cpu_tuning) -> dict:
         "cpu_tuning": cpu_tuning,
         "world_size": run.group.world_size if run.group is not None else 1,
     }
-    run.writer.write_json("config.json", info)
+    seeds = [replica.seed for replica in run.replicas]
+    for i, replica in enumerate(run.replicas):
+        own = {**info, "config": replica.config}
+        if run.seed_group:  # which group this folder belongs to
+            own["seed_group"] = {"out": str(run.out), "seeds": seeds, "replica": i}
+        replica.writer.write_json("config.json", own)
     return info
 
 
 def _write_summary(run: Run, progress, wall_s: float, run_info: dict) -> dict:
-    final = run.writer.metrics[-1]
-    run.writer.plot_losses(run.trainer.loss_curves)
+    summaries = [_replica_summary(run, replica, progress, wall_s, run_info) for replica in run.replicas]
+    if not run.seed_group:
+        summary = summaries[0]
+    else:
+        summary = {
+            "model": run.config.model,
+            "seeds": [replica.seed for replica in run.replicas],
+            "epochs": progress.last_epoch,
+            "steps": progress.step,
+            "wall_s": wall_s,
+            "samples_per_s": _times(progress.samples_per_s(run.config.batch_size), len(run.replicas)),  # all replicas'
+            "replicas": summaries,
+            "out": str(run.out),
+        }
+        if run.is_main:
+            RunWriter(run.out).write_json("summary.json", summary)
+    if run.is_main and not run.config.quiet:
+        print(f"summary: {run.out / 'summary.json'}")
+    return summary
+
+
+def _times(value: float | None, factor: int) -> float | None:
+    return None if value is None else value * factor
+
+
+def _replica_summary(run: Run, replica: Replica, progress, wall_s: float, run_info: dict) -> dict:
+    final = replica.writer.metrics[-1]
+    replica.writer.plot_losses(run.trainer.loss_curves)
     summary = {
         "model": run.config.model,
+        "seed": replica.seed,
         "dataset": run.config.dataset,
         "epochs": progress.last_epoch,
         "steps": progress.step,
@@ -293,9 +357,7 @@ def _write_summary(run: Run, progress, wall_s: float, run_info: dict) -> dict:
         "kernels": run.config.kernels,
         **describe(run.step_fn),
         "resumed_from_step": run.checkpoint.position.step if run.checkpoint is not None else None,
-        "out": str(run.out),
+        "out": str(replica.writer.out),
     }
-    path = run.writer.write_json("summary.json", summary)
-    if run.is_main and not run.config.quiet:
-        print(f"summary: {path}")
+    replica.writer.write_json("summary.json", summary)
     return summary

@@ -19,15 +19,16 @@ def default_out(model: str) -> Path:
     return Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare_out(out: Path, overwrite: bool) -> Path:
-    """Create the run folder; refuse one that already holds a run unless overwriting."""
+def prepare_out(out: Path, overwrite: bool, samples: bool = True) -> Path:
+    """Create the run folder (with samples/ unless it is a group's folder); refuse one that already holds a run
+    or a group of seeds unless overwriting."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FastgenError(f"--out {out} exists and is not a folder")
-    if (out / "config.json").exists() and not overwrite:
+    if ((out / "config.json").exists() or (out / "group.json").exists()) and not overwrite:
         raise FastgenError(f"--out {out} already holds a run; choose another folder or pass --overwrite")
     try:
-        (out / "samples").mkdir(parents=True, exist_ok=True)
+        (out / "samples" if samples else out).mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"  # per process: torchrun ranks probe at once
         probe.write_text("")
         probe.unlink()

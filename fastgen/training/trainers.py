@@ -14,6 +14,9 @@ from torch.func import functional_call
 from fastgen.data import DeviceSplit
 from fastgen.evaluation import likelihood
 from fastgen.models import VAE, Discriminator, Generator
+from fastgen.models.layers import new_philox_key, next_key
+from fastgen.models.stacked import stack
+from fastgen.ops.rng import normal
 from fastgen.training.ema import EMA
 from fastgen.training.optim import DeviceLossScaler, StepAdam
 
@@ -32,11 +35,44 @@ class Trainer(Protocol):
     scalers: dict[str, DeviceLossScaler | None]
     reduce_grads: object  # None, or under torchrun the mean of the gradients over ranks
     ema: EMA | None  # the moving average of the sampling network's weights (None: --ema 0)
+    seeds: list[int]  # one per replica
+    replicas: int | None  # None: one run; S: a group of S seeds stacked along a leading dimension of every tensor
 
+    # A group's `step` takes (S, B, ...) batches and returns (S, metrics); `epoch_metrics` and `sample_grids`
+    # return one dict per replica.
     def step(self, batch: torch.Tensor) -> torch.Tensor: ...
     def train(self, mode: bool = True) -> None: ...
-    def epoch_metrics(self) -> dict[str, float]: ...
-    def sample_grids(self) -> dict[str, torch.Tensor]: ...
+    def epoch_metrics(self) -> dict[str, float] | list[dict[str, float]]: ...
+    def sample_grids(self) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]: ...
+
+
+def replica_seeds(config) -> list[int]:
+    """The seeds a run trains: `--seed`, and for a group of `--seeds S` the S seeds counted up from it."""
+    return list(range(config.seed, config.seed + getattr(config, "seeds", 1)))
+
+
+def build_replicas(seeds: list[int], build) -> list:
+    """`build()` once per seed with torch's generator seeded by it (so replica s starts as the single run with
+    seed s starts); a single seed builds one run's networks, several are stacked by the caller."""
+    built = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        built.append(build())
+    return built
+
+
+def _stacked_or_single(networks: list):
+    return networks[0] if len(networks) == 1 else stack(networks)
+
+
+def _per_replica(values: torch.Tensor, replicas: int | None, name: str):
+    """A group's (S, ...) tensor as one dict {name: tensor} per replica; a single run's as one dict."""
+    return {name: values} if replicas is None else [{name: v} for v in values.unbind(0)]
+
+
+def _total(loss: torch.Tensor) -> torch.Tensor:
+    """The loss to differentiate: a group's replicas' losses summed (each replica's gradient is its own loss's)."""
+    return loss if loss.dim() == 0 else loss.sum()
 
 
 def apply_update(loss: torch.Tensor, params, optimizer: StepAdam, scaler: DeviceLossScaler | None, reduce_grads=None) -> None:
@@ -62,10 +98,11 @@ def _optimizer(params, config, device: torch.device, amp_dtype) -> tuple[StepAda
     return (StepAdam(params, config.lr, config.betas, device, True if fp16 else None), DeviceLossScaler(device) if fp16 else None)
 
 
-def _grid_noise(latent_dim: int, seed: int, device: torch.device) -> torch.Tensor:
-    """The fixed latent draws of every sample grid of a run, from their own generator (seed + 1)."""
-    gen = torch.Generator(device="cpu").manual_seed(seed + 1)
-    return torch.randn(GRID_IMAGES, latent_dim, generator=gen).to(device)
+def _grid_noise(latent_dim: int, seeds: list[int], device: torch.device) -> torch.Tensor:
+    """The fixed latent draws of every sample grid of a run, from their own generator (seed + 1); (S, 64, latent)
+    for a group."""
+    draws = [torch.randn(GRID_IMAGES, latent_dim, generator=torch.Generator().manual_seed(seed + 1)) for seed in seeds]
+    return (draws[0] if len(seeds) == 1 else torch.stack(draws)).to(device)
 
 
 class GANTrainer:
@@ -78,8 +115,16 @@ class GANTrainer:
     modules = ("generator", "discriminator")
 
     def __init__(self, config, device: torch.device, amp_dtype: torch.dtype | None = None, test_split: DeviceSplit | None = None):
-        self.generator = Generator(config.kernels).to(device)
-        self.discriminator = Discriminator(config.kernels).to(device)
+        self.seeds = replica_seeds(config)
+        self.replicas = len(self.seeds) if len(self.seeds) > 1 else None
+
+        def build():
+            # The latent noise's (seed, step) key is drawn after the networks, as the layers' dropout keys are.
+            return Generator(config.kernels).to(device), Discriminator(config.kernels).to(device), new_philox_key().to(device)
+
+        generators, discriminators, keys = zip(*build_replicas(self.seeds, build))
+        self.generator, self.discriminator = _stacked_or_single(generators), _stacked_or_single(discriminators)
+        self.noise_key = keys[0] if self.replicas is None else torch.stack(keys)
         self.g_params = list(self.generator.parameters())
         self.d_params = list(self.discriminator.parameters())
         self.opt_g, self.scaler_g = _optimizer(self.g_params, config, device, amp_dtype)
@@ -89,53 +134,61 @@ class GANTrainer:
         self.autocast = autocast_factory(device, amp_dtype)
         self.device = device
         self.reduce_grads = None
-        self.grid_noise = _grid_noise(Generator.latent_dim, config.seed, device)
+        self.grid_noise = _grid_noise(Generator.latent_dim, self.seeds, device)
         self.ema = EMA({"generator": self.generator}, config.ema) if config.ema else None  # D's average has no use
 
+    def latent_noise(self, batch_size: int) -> torch.Tensor:
+        """This step's z ~ N(0, I), (B, 100) or (S, B, 100): Philox draws keyed by (seed, step) like the dropout
+        masks, so each replica of a group draws its single run's noise."""
+        lead = (batch_size,) if self.replicas is None else (self.replicas, batch_size)
+        return normal(next_key(self.noise_key), (*lead, Generator.latent_dim), torch.float32)
+
     def step(self, real: torch.Tensor) -> torch.Tensor:
-        """real: (B, 784) in [-1, 1]. Returns (d_loss, g_loss, mean D(x), mean D(G(z))) on the device."""
-        B = real.shape[0]
+        """real: (B, 784) in [-1, 1] ((S, B, 784) for a group). Returns (d_loss, g_loss, mean D(x), mean D(G(z)))
+        on the device ((S, 4) for a group)."""
+        B = real.shape[-2]
         with self.autocast():
-            fake = self.generator(torch.randn(B, Generator.latent_dim, device=self.device)).reshape(B, -1)
+            fake = self.generator(self.latent_noise(B)).reshape(real.shape)
             # Real and fake in one discriminator pass: one set of larger matmuls instead of two.
-            logits = self.discriminator(torch.cat([real, fake.detach().to(real.dtype)])).float()
-            real_logits, fake_logits = logits[:B], logits[B:]
+            logits = self.discriminator(torch.cat([real, fake.detach().to(real.dtype)], dim=-2)).float()
+            real_logits, fake_logits = logits[..., :B], logits[..., B:]
             # BCE-with-logits against 1 / 0 is softplus(-l) / softplus(l).
-            d_loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-        apply_update(d_loss, self.d_params, self.opt_d, self.scaler_d, self.reduce_grads)
+            d_loss = F.softplus(-real_logits).mean(-1) + F.softplus(fake_logits).mean(-1)
+        apply_update(_total(d_loss), self.d_params, self.opt_d, self.scaler_d, self.reduce_grads)
 
         with self.autocast():
             # D with detached weights: gradients flow to G through D's activations only. (A custom op's
             # backward sees which inputs need gradients as they were at forward time, so with D's own
             # parameters it would compute D's weight gradients here and throw them away.)
             d_frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
-            g_loss = F.softplus(-functional_call(self.discriminator, d_frozen, (fake,)).float()).mean()
-        apply_update(g_loss, self.g_params, self.opt_g, self.scaler_g, self.reduce_grads)
+            g_loss = F.softplus(-functional_call(self.discriminator, d_frozen, (fake,)).float()).mean(-1)
+        apply_update(_total(g_loss), self.g_params, self.opt_g, self.scaler_g, self.reduce_grads)
         if self.ema is not None:
             self.ema.update()
         return torch.stack(
             [
                 d_loss.detach(),
                 g_loss.detach(),
-                torch.sigmoid(real_logits.detach()).mean(),
-                torch.sigmoid(fake_logits.detach()).mean(),
-            ]
+                torch.sigmoid(real_logits.detach()).mean(-1),
+                torch.sigmoid(fake_logits.detach()).mean(-1),
+            ],
+            dim=-1,
         )
 
     def train(self, mode: bool = True) -> None:
         self.generator.train(mode)
         self.discriminator.train(mode)
 
-    def epoch_metrics(self) -> dict[str, float]:
-        return {}
+    def epoch_metrics(self) -> dict[str, float] | list[dict[str, float]]:
+        return {} if self.replicas is None else [{} for _ in self.seeds]
 
     @torch.no_grad()
-    def sample_grids(self) -> dict[str, torch.Tensor]:
+    def sample_grids(self) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
         """The generator's images (in [0, 1]) for the run's fixed latent draws."""
         self.generator.eval()
         images = (self.generator(self.grid_noise).float() + 1) / 2
         self.generator.train()
-        return {"epoch": images}
+        return _per_replica(images, self.replicas, "epoch")
 
 
 class VAETrainer:
@@ -148,7 +201,9 @@ class VAETrainer:
     modules = ("vae",)
 
     def __init__(self, config, device: torch.device, amp_dtype: torch.dtype | None = None, test_split: DeviceSplit | None = None):
-        self.vae = VAE(config.kernels).to(device)
+        self.seeds = replica_seeds(config)
+        self.replicas = len(self.seeds) if len(self.seeds) > 1 else None
+        self.vae = _stacked_or_single(build_replicas(self.seeds, lambda: VAE(config.kernels).to(device)))
         self.params = list(self.vae.parameters())
         self.opt, self.scaler = _optimizer(self.params, config, device, amp_dtype)
         self.optimizers = {"vae": self.opt}
@@ -156,42 +211,50 @@ class VAETrainer:
         self.autocast = autocast_factory(device, amp_dtype)
         self.device = device
         self.reduce_grads = None
-        self.seed = config.seed
         self.test_split = test_split
-        self.grid_noise = _grid_noise(VAE.latent_dim, config.seed, device)
+        self.grid_noise = _grid_noise(VAE.latent_dim, self.seeds, device)
         self.ema = EMA({"vae": self.vae}, config.ema) if config.ema else None
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 784) in [0, 1]. Returns (loss, bce, kl) per image on the device."""
+        """x: (B, 784) in [0, 1] ((S, B, 784) for a group). Returns (loss, bce, kl) per image on the device ((S, 3)
+        for a group)."""
         with self.autocast():
             loss, bce, kl = self.vae.loss(x)
-        apply_update(loss, self.params, self.opt, self.scaler, self.reduce_grads)
+        apply_update(_total(loss), self.params, self.opt, self.scaler, self.reduce_grads)
         if self.ema is not None:
             self.ema.update()
-        return torch.stack([loss.detach(), bce, kl])
+        return torch.stack([loss.detach(), bce, kl], dim=-1)
 
     def train(self, mode: bool = True) -> None:
         self.vae.train(mode)
 
-    def epoch_metrics(self) -> dict[str, float]:
+    def epoch_metrics(self) -> dict[str, float] | list[dict[str, float]]:
         """The mean test loss per image, eps drawn from a fixed key so epochs compare like for like."""
         if self.test_split is None:
-            return {}
-        return {"test_loss": likelihood.loss_per_image(self.vae, self.test_split.images, self.seed, autocast=self.autocast)}
+            return {} if self.replicas is None else [{} for _ in self.seeds]
+        seeds = self.seeds[0] if self.replicas is None else self.seeds
+        losses = likelihood.loss_per_image(self.vae, self.test_split.images, seeds, autocast=self.autocast)
+        return {"test_loss": losses} if self.replicas is None else [{"test_loss": loss} for loss in losses]
 
     @torch.no_grad()
-    def sample_grids(self) -> dict[str, torch.Tensor]:
+    def sample_grids(self) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
         """Decoded fixed latents, and (if the test split is here) rows alternating 8 test images and
         their reconstructions."""
         self.vae.eval()
-        grids = {"epoch": torch.sigmoid(self.vae.decode(self.grid_noise).float()).view(-1, 1, 28, 28)}
+        grids = [torch.sigmoid(self.vae.decode(self.grid_noise).float())]
         if self.test_split is not None:
-            real = self.test_split.scale(self.test_split.images[:32])
-            recon = self.vae.reconstruct(real)
-            pairs = torch.stack([real.view(-1, 8, 1, 28, 28), recon.view(-1, 8, 1, 28, 28)], dim=1)
-            grids["recon"] = pairs.reshape(-1, 1, 28, 28)
+            real = self.test_split.scale(self.test_split.images[:32]).reshape(32, -1)
+            if self.replicas is not None:
+                real = real.expand(self.replicas, *real.shape)
+            recon = self.vae.reconstruct(real).reshape(real.shape)
+            pairs = torch.stack([real.reshape(*real.shape[:-2], 4, 8, 784), recon.reshape(*real.shape[:-2], 4, 8, 784)], dim=-3)
+            grids.append(pairs.reshape(*real.shape[:-2], 64, 784))
         self.vae.train()
-        return grids
+        names = ("epoch", "recon")[: len(grids)]
+        shaped = [g.reshape(*g.shape[:-2], 64, 1, 28, 28) for g in grids]
+        if self.replicas is None:
+            return dict(zip(names, shaped))
+        return [dict(zip(names, (g[s] for g in shaped))) for s in range(self.replicas)]
 
 
 TRAINERS: dict[str, type] = {"gan": GANTrainer, "vae": VAETrainer}

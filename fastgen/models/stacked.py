@@ -1,0 +1,107 @@
+"""Several replicas of a network as one: every parameter and (seed, step) key gains a leading replica dimension,
+so a group of seeds trains in one step of batched matmuls and stacked fused ops instead of one step per seed.
+
+`stack(networks)` builds the stacked network from single ones (replica s starts with network s's weights and
+keys, so it draws what network s would); `replica_state(stacked, s)` is replica s's state dict in the single
+network's names and shapes, which is what a replica's run folder holds. The networks' `forward` methods take the
+replica dimension as an extra leading batch dimension (`replicas` set on the stacked copy).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from fastgen.models.layers import LinearLeakyReLUDropout, Reparameterize, next_key
+from fastgen.ops import linear_leaky_relu_dropout, reparameterize
+
+
+def _stacked(tensors) -> torch.Tensor:
+    return torch.stack([t.detach() for t in tensors])
+
+
+class StackedLinear(nn.Module):
+    """S replicas of `nn.Linear`: weight (S, out, in), bias (S, out); x (S, B, in) -> (S, B, out), one batched matmul."""
+
+    def __init__(self, layers: list[nn.Linear]):
+        super().__init__()
+        self.weight = nn.Parameter(_stacked(layer.weight for layer in layers))
+        self.bias = nn.Parameter(_stacked(layer.bias for layer in layers)) if layers[0].bias is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is None:
+            return torch.bmm(x, self.weight.transpose(1, 2))
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+
+
+class StackedLinearLeakyReLUDropout(nn.Module):
+    """S replicas of `LinearLeakyReLUDropout`; `philox_key` is (S, 2), one (seed, step) per replica."""
+
+    def __init__(self, layers: list[LinearLeakyReLUDropout]):
+        super().__init__()
+        first = layers[0]
+        self.weight = nn.Parameter(_stacked(layer.weight for layer in layers))
+        self.bias = nn.Parameter(_stacked(layer.bias for layer in layers)) if first.bias is not None else None
+        self.register_buffer("philox_key", _stacked(layer.philox_key for layer in layers))
+        self.negative_slope, self.p, self.kernels = first.negative_slope, first.p, first.kernels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.p if self.training else 0.0
+        key = next_key(self.philox_key) if p > 0.0 else None
+        return linear_leaky_relu_dropout(
+            x, self.weight, self.bias, negative_slope=self.negative_slope, p=p, seed=key, kernels=self.kernels
+        )
+
+
+class StackedReparameterize(nn.Module):
+    """S replicas of `Reparameterize`: mu, logvar (S, B, L), one key per replica."""
+
+    def __init__(self, layers: list[Reparameterize]):
+        super().__init__()
+        self.kernels = layers[0].kernels
+        self.register_buffer("philox_key", _stacked(layer.philox_key for layer in layers))
+
+    def forward(self, mu: torch.Tensor, logvar: torch.Tensor, seed=None) -> torch.Tensor:
+        key = next_key(self.philox_key) if seed is None else seed
+        return reparameterize(mu, logvar, seed=key, kernels=self.kernels)
+
+
+_STACKED = (
+    (LinearLeakyReLUDropout, StackedLinearLeakyReLUDropout),  # before nn.Linear, its base class
+    (nn.Linear, StackedLinear),
+    (Reparameterize, StackedReparameterize),
+)
+
+
+def stack(networks: list[nn.Module]) -> nn.Module:
+    """One network holding `networks` (same architecture) as replicas along a new leading dimension."""
+    first = networks[0]
+    for single, stacked_class in _STACKED:
+        if isinstance(first, single):
+            return stacked_class(networks)
+    if next(first.parameters(recurse=False), None) is not None or next(first.buffers(recurse=False), None) is not None:
+        raise TypeError(f"cannot stack {type(first).__name__}: it holds tensors of its own")
+    stacked = copy.copy(first)  # the same class and settings; new containers below
+    stacked.__dict__ = {**first.__dict__, "_parameters": {}, "_buffers": {}, "_modules": {}}
+    for name, _ in first.named_children():
+        stacked._modules[name] = stack([network._modules[name] for network in networks])
+    stacked.replicas = len(networks)
+    return stacked
+
+
+def replica_state(stacked: nn.Module, replica: int) -> dict[str, torch.Tensor]:
+    """Replica `replica`'s state dict, named and shaped as the single network's."""
+    return {name: value[replica] for name, value in stacked.state_dict().items()}
+
+
+@torch.no_grad()
+def load_replica_state(stacked: nn.Module, replica: int, state: dict[str, torch.Tensor]) -> None:
+    """Copy a single network's state dict into replica `replica` (in place: the tensors keep their addresses)."""
+    own = stacked.state_dict()
+    if own.keys() != state.keys():
+        name = sorted(own.keys() ^ state.keys())[0]
+        raise KeyError(f"state does not match the stacked network: {name}")
+    for name, value in own.items():
+        value[replica].copy_(state[name])
