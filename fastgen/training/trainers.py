@@ -141,7 +141,7 @@ class GANTrainer:
         """This step's z ~ N(0, I), (B, 100) or (S, B, 100): Philox draws keyed by (seed, step) like the dropout
         masks, so each replica of a group draws its single run's noise."""
         lead = (batch_size,) if self.replicas is None else (self.replicas, batch_size)
-        return normal(next_key(self.noise_key), (*lead, Generator.latent_dim), torch.float32)
+        return normal(next_key(self.noise_key), (*lead, Generator.latent_dim), self.g_params[0].dtype)
 
     def step(self, real: torch.Tensor) -> torch.Tensor:
         """real: (B, 784) in [-1, 1] ((S, B, 784) for a group). Returns (d_loss, g_loss, mean D(x), mean D(G(z)))
