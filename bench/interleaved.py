@@ -35,7 +35,7 @@ def _checkout_of(module: str, file: str) -> str:
     return os.sep.join(parts[: -(module.count(".") + (2 if parts[-1] == "__init__.py" else 1))])
 
 
-def _child(model: str, variant: str, amp: bool) -> None:
+def _child(model: str, variant: str, amp: bool, seeds: int = 1) -> None:
     """One variant: a warm-up round (compilation), then ROUNDS rounds of STEPS steps; prints ms per step.
 
     fastgen is imported first, from wherever the path finds it (another checkout under --against); then this
@@ -56,11 +56,12 @@ def _child(model: str, variant: str, amp: bool) -> None:
     compile, graphs, kernels = VARIANTS[variant]
     batch = batch_size(model, device)
     torch.manual_seed(0)
-    trainer = make_trainer(model, variant, batch, device, torch.bfloat16 if amp else None)
+    trainer = make_trainer(model, variant, batch, device, torch.bfloat16 if amp else None, seeds)
     notices = []
     step = build_step(trainer.step, device, compile, graphs, notices.append)
     low = -1.0 if model == "gan" else 0.0
-    batches = torch.rand(STEPS, batch, 784, device=device) * (1 - low) + low
+    replicas = (seeds,) if seeds > 1 else ()  # a group of seeds steps on (S, B, 784) batches
+    batches = torch.rand(STEPS, *replicas, batch, 784, device=device) * (1 - low) + low
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rounds = []
     with cpu_backend("native") if kernels == "native" else contextlib.nullcontext():
@@ -79,9 +80,10 @@ def _child(model: str, variant: str, amp: bool) -> None:
     print(json.dumps({"ms_per_step": rounds, "notices": notices, "fastgen": sorted(roots)}))
 
 
-def _run_child(model: str, variant: str, amp: bool, checkout: str | None = None) -> list[float]:
-    """ms per step of each round of one variant, in a fresh process; from `checkout`'s fastgen if given."""
+def _run_child(model: str, variant: str, amp: bool, checkout: str | None = None, seeds: int = 1) -> list[float]:
+    """ms per step of each round of one variant (a group of `seeds`), in a fresh process; from `checkout`'s fastgen if given."""
     command = [sys.executable, "-m", "bench.interleaved", "--child", "--model", model, "--variants", variant]
+    command += ["--seeds", str(seeds)]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # time kernels, not their interpreter
     if checkout:  # this file's child code, with the other checkout's fastgen ahead of an installed one
         command[1:3] = [os.path.abspath(__file__)]
@@ -106,9 +108,10 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--against", metavar="CHECKOUT", help="also run each variant from this checkout of fastgen")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--seeds", type=int, default=1, help=argparse.SUPPRESS)  # the child's group size (bench.seed_group)
     args = parser.parse_args(argv)
     if args.child:
-        return _child(args.model, args.variants[0], args.amp)
+        return _child(args.model, args.variants[0], args.amp, args.seeds)
     import torch
 
     from bench.test_steps import STEPS, VARIANTS, batch_size

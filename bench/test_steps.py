@@ -42,12 +42,13 @@ VARIANTS = {
 }
 
 
-def make_trainer(model: str, variant: str, batch: int, device: torch.device, amp_dtype):
-    """The variant's trainer: fastgen's networks on the variant's kernels, or plain modules."""
+def make_trainer(model: str, variant: str, batch: int, device: torch.device, amp_dtype, seeds: int = 1):
+    """The variant's trainer: fastgen's networks on the variant's kernels (a group of `seeds` > 1), or plain modules."""
     kernels = VARIANTS[variant][2]
     if kernels == "plain":
         return plain_trainer(model, TrainConfig(model=model, batch_size=batch).resolved(), device, amp_dtype)
-    return TRAINERS[model](TrainConfig(model=model, batch_size=batch, kernels=kernels).resolved(), device, amp_dtype)
+    config = TrainConfig(model=model, batch_size=batch, kernels=kernels, seeds=seeds).resolved()
+    return TRAINERS[model](config, device, amp_dtype)
 
 
 @pytest.mark.parametrize("amp", ["fp32", "bf16"])

@@ -31,9 +31,11 @@ class StackedLinear(nn.Module):
         self.bias = nn.Parameter(_stacked(layer.bias for layer in layers)) if layers[0].bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Computed as (weight @ x^T)^T: the weight's gradient then comes out laid out like the weight (x @ weight^T
+        # gives it transposed, which the fused Adam would first have to copy).
         if self.bias is None:
-            return torch.bmm(x, self.weight.transpose(1, 2))
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+            return torch.bmm(self.weight, x.transpose(1, 2)).transpose(1, 2)
+        return torch.baddbmm(self.bias.unsqueeze(2), self.weight, x.transpose(1, 2)).transpose(1, 2)
 
 
 class StackedLinearLeakyReLUDropout(nn.Module):
