@@ -153,7 +153,7 @@ def _assert_same_files(a_dir, b_dir):
 
 
 @pytest.mark.parametrize("model", ["gan", "vae"])
-def test_a_group_writes_single_run_folders_with_each_seeds_data_order_and_keys(mnist, tmp_path, model):
+def test_a_group_writes_single_run_folders_with_each_seeds_data_order_and_keys(mnist, tmp_path, model, evaluator):
     summary = fastgen.train(_config(mnist, tmp_path / "group", model=model))
     assert summary["seeds"] == list(SEEDS) and [r["seed"] for r in summary["replicas"]] == list(SEEDS)
     assert json.loads((tmp_path / "group" / "group.json").read_text())["position"]["epoch"] == 3
@@ -177,6 +177,10 @@ def test_a_group_writes_single_run_folders_with_each_seeds_data_order_and_keys(m
         assert (folder / "samples" / "epoch_0002.png").exists() and (folder / "losses.png").exists()
         loaded = fastgen.load(folder)  # a replica's folder is a single run's
         assert loaded.sample(4, seed=0).shape == (4, 1, 28, 28)
+    scores = fastgen.evaluate(folder, n=200, iwae_k=2, device="cpu", data_dir=mnist, download=False, evaluator=evaluator)
+    assert scores["model"] == model and scores["frechet_distance"] > 0
+    with pytest.raises(FastgenError, match=f"is a group of seeds; name one replica's folder: .*seed_{SEEDS[0]}"):
+        fastgen.load(tmp_path / "group")
 
 
 def _stop_at(monkeypatch, call: int, signum: int):

@@ -37,6 +37,9 @@ def save_weights(
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, metadata) of a fastgen weights file, or a FastgenError saying what is wrong with it."""
     path = Path(path)
+    if path.is_dir() and (path / "group.json").is_file():
+        seeds = sorted(p.name for p in path.glob("seed_*") if p.is_dir())
+        raise FastgenError(f"{path} is a group of seeds; name one replica's folder: {path / (seeds[0] if seeds else 'seed_<S>')}")
     if path.is_dir():
         path = path / WEIGHTS_FILE
     if not path.is_file():
