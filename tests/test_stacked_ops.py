@@ -114,3 +114,42 @@ def test_stacked_linear_matches_single_calls_for_any_shape(backend, S, B, K, N, 
         assert_close(y[s], ys, torch.float32, f"y[{s}]")
         for g, gs in zip(grads, single_grads):
             assert_close(g[s], gs, torch.float32, "grad")
+
+
+@pytest.mark.skipif("triton" not in STACKED_BACKENDS, reason="the Triton kernels run on the CPU under TRITON_INTERPRET=1")
+def test_stacked_triton_calls_launch_each_kernel_once(monkeypatch):
+    """A stacked call launches its kernel once, the replicas on the grid's second axis, not once per replica."""
+    from fastgen.ops.triton import linear_leaky_relu_dropout as linear_kernels
+    from fastgen.ops.triton import philox
+    from fastgen.ops.triton import reparameterize as reparameterize_kernels
+
+    launches = {}
+    for module in (linear_kernels, philox, reparameterize_kernels):
+        for name in module.AOT_BUILDS:
+            kernel = getattr(module, name)  # under the interpreter, `wrap_triton(kernel)` is the kernel itself
+
+            def counted(*args, _name=name, _run=kernel.run, **kwargs):
+                launches[_name] = launches.get(_name, 0) + 1
+                return _run(*args, **kwargs)
+
+            monkeypatch.setattr(kernel, "run", counted)
+    gen = torch.Generator().manual_seed(5)
+    keys = _keys(3)
+    with cpu_backend("triton"):
+        x, w, b = _leaves(*(torch.randn(*shape, generator=gen) for shape in ((3, 70, 9), (3, 11, 9), (3, 11))))
+        linear_leaky_relu_dropout(x, w, b, p=0.3, seed=keys, kernels="triton").sum().backward()
+        mu, logvar = _leaves(torch.randn(3, 5, 16, generator=gen), torch.randn(3, 5, 16, generator=gen))
+        reparameterize(mu, logvar, seed=keys, kernels="triton").sum().backward()
+        keep_mask(keys, (3, 40, 7), 0.3)
+        normal(keys, (3, 40, 7), torch.float32)
+    assert launches == {
+        name: 1
+        for name in (
+            "linear_leaky_relu_dropout_fwd_kernel",
+            "linear_leaky_relu_dropout_bwd_kernel",
+            "reparameterize_fwd_kernel",
+            "reparameterize_bwd_kernel",
+            "keep_mask_kernel",
+            "normal_kernel",
+        )
+    }

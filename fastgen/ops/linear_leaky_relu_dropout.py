@@ -26,10 +26,12 @@ def _forward(
     """x (M, K), weight (N, K), bias (N,), key (2,); or stacked replicas: x (S, M, K), weight (S, N, K), bias (S, N),
     key (S, 2), each replica computing what a single call with its slices computes."""
     if key.dim() == 2:
-        if not native_runs_on(x.device, x.dtype) and not triton_runs_on(x.device):
+        if native_runs_on(x.device, x.dtype):
+            return per_replica(lambda k, xs, ws, bs: _forward_one(xs, ws, bs, k, negative_slope, p), key, x, weight, bias)
+        if not triton_runs_on(x.device):
             mask = keep_mask(key, (*x.shape[:-1], weight.shape[-2]), p) if p > 0.0 else None
             return linear_leaky_relu_dropout_reference(x, weight, bias, negative_slope, mask, p)
-        return per_replica(lambda k, xs, ws, bs: _forward_one(xs, ws, bs, k, negative_slope, p), key, x, weight, bias)
+        return _triton_forward(x, weight, bias, key, negative_slope, p)
     return _forward_one(x, weight, bias, key, negative_slope, p)
 
 
@@ -41,30 +43,47 @@ def _forward_one(x, weight, bias, key, negative_slope: float, p: float) -> torch
     if not triton_runs_on(x.device):
         mask = keep_mask(key, (x.shape[0], weight.shape[0]), p) if p > 0.0 else None
         return linear_leaky_relu_dropout_reference(x, weight, bias, negative_slope, mask, p)
+    return _triton_forward(x, weight, bias, key, negative_slope, p)
+
+
+def _triton_forward(x, weight, bias, key, negative_slope: float, p: float) -> torch.Tensor:
+    """One launch for a single call (2-D x, key (2,)) or for all stacked replicas (3-D x, key (S, 2)): grid
+    axis 1 runs the replicas, a single call being one replica with replica strides 0."""
     from fastgen.ops.triton.linear_leaky_relu_dropout import linear_leaky_relu_dropout_fwd_kernel as kernel
 
-    M, K = x.shape
-    N = weight.shape[0]
-    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    if M == 0 or N == 0:
+    stacked = x.dim() == 3
+    M, K = x.shape[-2:]
+    N = weight.shape[-2]
+    y = torch.empty((*x.shape[:-1], N), dtype=x.dtype, device=x.device)
+    if y.numel() == 0:
         return y
+    if bias is not None:
+        bias = bias.contiguous()  # the kernel reads a replica's bias with unit stride
+
+    def replica_stride(t):
+        return t.stride(0) if stacked else 0
 
     def grid(meta):
-        return (((M + meta["BLOCK_M"] - 1) // meta["BLOCK_M"]) * ((N + meta["BLOCK_N"] - 1) // meta["BLOCK_N"]),)
+        tiles = ((M + meta["BLOCK_M"] - 1) // meta["BLOCK_M"]) * ((N + meta["BLOCK_N"] - 1) // meta["BLOCK_N"])
+        return (tiles, x.shape[0] if stacked else 1)
 
     wrap_triton(kernel)[grid](
         x,
         weight,
         bias if bias is not None else y,
         y,
-        key,
+        key.contiguous(),  # replica r's (seed, step) at 2 * r
         M,
         N,
         K,
-        x.stride(0),
-        x.stride(1),
-        weight.stride(0),
-        weight.stride(1),
+        replica_stride(x),
+        x.stride(-2),
+        x.stride(-1),
+        replica_stride(weight),
+        weight.stride(-2),
+        weight.stride(-1),
+        replica_stride(bias) if bias is not None else 0,
+        replica_stride(y),
         negative_slope,
         p,
         HAS_BIAS=bias is not None,
@@ -79,8 +98,10 @@ def _grad_pre_activation(
     grad_y: torch.Tensor, y: torch.Tensor, key: torch.Tensor, negative_slope: float, p: float
 ) -> torch.Tensor:
     """dL/d(pre-activation) from dL/dy, the saved output and the regenerated mask (stacked: per replica)."""
-    if key.dim() == 2 and (native_runs_on(y.device, y.dtype) or triton_runs_on(y.device)):
+    if key.dim() == 2 and native_runs_on(y.device, y.dtype):
         return per_replica(lambda k, gs, ys: _grad_pre_activation_one(gs, ys, k, negative_slope, p), key, grad_y, y)
+    if key.dim() == 2 and triton_runs_on(y.device):
+        return _triton_grad_pre_activation(grad_y, y, key, negative_slope, p)
     return _grad_pre_activation_one(grad_y, y, key, negative_slope, p)
 
 
@@ -90,14 +111,21 @@ def _grad_pre_activation_one(grad_y, y, key, negative_slope: float, p: float) ->
     if not triton_runs_on(y.device):
         mask = keep_mask(key, y.shape, p) if p > 0.0 else None
         return linear_leaky_relu_dropout_grad_pre_reference(grad_y, y, negative_slope, mask, p)
+    return _triton_grad_pre_activation(grad_y, y, key, negative_slope, p)
+
+
+def _triton_grad_pre_activation(grad_y, y, key, negative_slope: float, p: float) -> torch.Tensor:
+    """One launch, a single call or all stacked replicas (key (S, 2)) on grid axis 1."""
     from fastgen.ops.triton.linear_leaky_relu_dropout import linear_leaky_relu_dropout_bwd_kernel as kernel
 
     grad_pre = torch.empty_like(y)
-    n = y.numel()
+    replicas = y.shape[0] if key.dim() == 2 else 1
+    n = y.numel() // replicas if replicas else 0  # elements per replica: the index the mask is drawn at
     if n:
         block = 1024
-        wrap_triton(kernel)[((n + block - 1) // block,)](
-            grad_y, y, grad_pre, key, n, negative_slope, p, HAS_DROPOUT=p > 0.0, BLOCK=block
+        stride_s = n if key.dim() == 2 else 0
+        wrap_triton(kernel)[((n + block - 1) // block, replicas)](
+            grad_y, y, grad_pre, key.contiguous(), n, stride_s, negative_slope, p, HAS_DROPOUT=p > 0.0, BLOCK=block
         )
     return grad_pre
 

@@ -16,8 +16,16 @@ from fastgen.ops.validation import check_same, check_shape, check_tensor
 _BLOCK = 1024
 
 
-def _grid(n: int):
-    return ((n + _BLOCK - 1) // _BLOCK,)
+def _grid(n: int, replicas: int = 1):
+    return ((n + _BLOCK - 1) // _BLOCK, replicas)
+
+
+def _per_replica_numel(t: torch.Tensor, key: torch.Tensor):
+    """(replicas, elements per replica, elements between replicas): a stacked key (S, 2) runs t's S replicas
+    in one launch, on grid axis 1; a single call is one replica, stride 0."""
+    replicas = t.shape[0] if key.dim() == 2 else 1
+    n = t.numel() // replicas if replicas else 0
+    return replicas, n, (n if key.dim() == 2 else 0)
 
 
 def _noise(eps, key, like):
@@ -27,8 +35,10 @@ def _noise(eps, key, like):
 @define_op("fastgen::reparameterize")
 def _forward(mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor], key: torch.Tensor) -> torch.Tensor:
     """key (2,), or (S, 2) for stacked replicas (mu's first dimension): each replica as a single call with its key."""
-    if key.dim() == 2 and (native_runs_on(mu.device, mu.dtype) or triton_runs_on(mu.device)):
+    if key.dim() == 2 and native_runs_on(mu.device, mu.dtype):
         return per_replica(lambda k, m, lv, e: _forward_one(m, lv, e, k), key, mu, logvar, eps)
+    if key.dim() == 2 and triton_runs_on(mu.device):
+        return _triton_forward(mu, logvar, eps, key)
     return _forward_one(mu, logvar, eps, key)
 
 
@@ -37,20 +47,27 @@ def _forward_one(mu, logvar, eps, key) -> torch.Tensor:
         return torch.ops.fastgen_native.reparameterize(mu, logvar, eps, key)
     if not triton_runs_on(mu.device):
         return reparameterize_reference(mu, logvar, _noise(eps, key, mu))
+    return _triton_forward(mu, logvar, eps, key)
+
+
+def _triton_forward(mu, logvar, eps, key) -> torch.Tensor:
     from fastgen.ops.triton.reparameterize import reparameterize_fwd_kernel as kernel
 
     z = torch.empty_like(mu)
-    if mu.numel():
-        wrap_triton(kernel)[_grid(mu.numel())](
-            mu, logvar, eps if eps is not None else mu, key, z, mu.numel(), HAS_EPS=eps is not None, BLOCK=_BLOCK
+    replicas, n, stride_s = _per_replica_numel(mu, key)
+    if n:
+        wrap_triton(kernel)[_grid(n, replicas)](
+            mu, logvar, eps if eps is not None else mu, key.contiguous(), z, n, stride_s, HAS_EPS=eps is not None, BLOCK=_BLOCK
         )
     return z
 
 
 @define_op("fastgen::reparameterize_grad_logvar")
 def _grad_logvar(grad_z: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor], key: torch.Tensor) -> torch.Tensor:
-    if key.dim() == 2 and (native_runs_on(logvar.device, logvar.dtype) or triton_runs_on(logvar.device)):
+    if key.dim() == 2 and native_runs_on(logvar.device, logvar.dtype):
         return per_replica(lambda k, g, lv, e: _grad_logvar_one(g, lv, e, k), key, grad_z, logvar, eps)
+    if key.dim() == 2 and triton_runs_on(logvar.device):
+        return _triton_grad_logvar(grad_z, logvar, eps, key)
     return _grad_logvar_one(grad_z, logvar, eps, key)
 
 
@@ -59,17 +76,23 @@ def _grad_logvar_one(grad_z, logvar, eps, key) -> torch.Tensor:
         return torch.ops.fastgen_native.reparameterize_grad_logvar(grad_z, logvar, eps, key)
     if not triton_runs_on(logvar.device):
         return reparameterize_grad_logvar_reference(grad_z, logvar, _noise(eps, key, logvar))
+    return _triton_grad_logvar(grad_z, logvar, eps, key)
+
+
+def _triton_grad_logvar(grad_z, logvar, eps, key) -> torch.Tensor:
     from fastgen.ops.triton.reparameterize import reparameterize_bwd_kernel as kernel
 
     grad_logvar = torch.empty_like(logvar)
-    if logvar.numel():
-        wrap_triton(kernel)[_grid(logvar.numel())](
+    replicas, n, stride_s = _per_replica_numel(logvar, key)
+    if n:
+        wrap_triton(kernel)[_grid(n, replicas)](
             grad_z,
             logvar,
             eps if eps is not None else logvar,
-            key,
+            key.contiguous(),
             grad_logvar,
-            logvar.numel(),
+            n,
+            stride_s,
             HAS_EPS=eps is not None,
             BLOCK=_BLOCK,
         )

@@ -144,11 +144,19 @@ def _(key, shape):
 
 
 def _launch_elementwise(kernel, key, out, *args):
-    n = out.numel()
+    # A stacked key (S, 2) draws out's S replicas in one launch, on grid axis 1; n is per replica.
+    replicas = out.shape[0] if key.dim() == 2 else 1
+    n = out.numel() // replicas if replicas else 0
     if n:
         block = 1024
-        kernel[(-(-n // block),)](key, out, n, *args, BLOCK=block)
+        stride_s = n if key.dim() == 2 else 0
+        kernel[(-(-n // block), replicas)](key.contiguous(), out, n, *args, BLOCK=block, stride_s=stride_s)
     return out
+
+
+def _triton_draws_stacked(key: torch.Tensor, p: float = 1.0) -> bool:
+    """Whether a stacked key's draws take one Triton launch (the native and eager paths loop over replicas)."""
+    return key.dim() == 2 and p > 0.0 and not native_runs_on(key.device) and triton_runs_on(key.device)
 
 
 def keep_mask(key: torch.Tensor, shape, p: float) -> torch.Tensor:
@@ -157,7 +165,7 @@ def keep_mask(key: torch.Tensor, shape, p: float) -> torch.Tensor:
     uint8 rather than bool: Inductor's CPU code converts a bool mask element by element (measured
     3x slower than the whole fused leaky_relu * mask / (1 - p) with a uint8 one)."""
     shape = list(shape)
-    if key.dim() == 2:  # stacked replicas: each replica's mask is a single call's with its key
+    if key.dim() == 2 and not _triton_draws_stacked(key, p):  # each replica's mask is a single call's with its key
         return per_replica(lambda k: keep_mask(k, shape[1:], p), key)
     if p > 0.0 and native_runs_on(key.device):
         return torch.ops.fastgen_native.keep_mask(key, shape, p)
@@ -172,7 +180,7 @@ def keep_mask(key: torch.Tensor, shape, p: float) -> torch.Tensor:
 def normal(key: torch.Tensor, shape, dtype: torch.dtype) -> torch.Tensor:
     """The standard-normal noise `reparameterize` draws for this key and shape on the key's device."""
     shape = list(shape)
-    if key.dim() == 2:  # stacked replicas, as in keep_mask
+    if key.dim() == 2 and not _triton_draws_stacked(key):  # stacked replicas, as in keep_mask
         return per_replica(lambda k: normal(k, shape[1:], dtype), key)
     if native_runs_on(key.device):
         return torch.ops.fastgen_native.normal(key, shape).to(dtype)

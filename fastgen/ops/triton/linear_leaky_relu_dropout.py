@@ -3,7 +3,8 @@
 Forward: a tiled matmul whose epilogue applies bias, LeakyReLU and Philox dropout to the fp32
 accumulator; the mask is never written. Backward: one elementwise pass that turns dL/dy into
 dL/d(pre-activation), regenerating the mask and reading the LeakyReLU branch off the saved output;
-the two matmuls that follow go to cuBLAS through torch.
+the two matmuls that follow go to cuBLAS through torch. Both run stacked replicas in one launch, replica r
+on grid axis 1 with its own (seed, step) key (see philox.py); a single call is one replica.
 """
 
 import triton
@@ -85,10 +86,14 @@ def linear_leaky_relu_dropout_fwd_kernel(
     M,
     N,
     K,
+    stride_xs,
     stride_xm,
     stride_xk,
+    stride_ws,
     stride_wn,
     stride_wk,
+    stride_bs,
+    stride_ys,
     negative_slope,
     p,
     HAS_BIAS: tl.constexpr,
@@ -99,6 +104,13 @@ def linear_leaky_relu_dropout_fwd_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
+    # Replica r's slices (strides 0 for a single call); M, N, K, the tiles and the element index are per replica.
+    r = tl.program_id(1).to(tl.int64)
+    x_ptr += r * stride_xs
+    w_ptr += r * stride_ws
+    b_ptr += r * stride_bs
+    y_ptr += r * stride_ys
+    key_ptr += 2 * r
     # Grouped tile order so neighbouring programs reuse the same rows of x from L2.
     pid = tl.program_id(0)
     grid_m = tl.cdiv(M, BLOCK_M)
@@ -142,22 +154,26 @@ def linear_leaky_relu_dropout_bwd_kernel(
     grad_pre_ptr,
     key_ptr,
     n_elements,
+    stride_s,
     negative_slope,
     p,
     HAS_DROPOUT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    # grad_y, y and grad_pre are contiguous (M, N): the flat offset is the forward's element index.
+    # grad_y, y and grad_pre are contiguous (replicas, M, N), n_elements = M * N, stride_s the elements between
+    # replicas (0 for a single call): the flat offset within replica r (grid axis 1) is the forward's element index.
+    r = tl.program_id(1).to(tl.int64)
+    base = r * stride_s
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     in_bounds = offs < n_elements
-    g = tl.load(grad_y_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
-    y = tl.load(y_ptr + offs, mask=in_bounds, other=0.0)
+    g = tl.load(grad_y_ptr + base + offs, mask=in_bounds, other=0.0).to(tl.float32)
+    y = tl.load(y_ptr + base + offs, mask=in_bounds, other=0.0)
     # A non-negative slope keeps the sign: y > 0 exactly where the pre-activation was > 0.
     d = tl.where(y > 0, 1.0, tl.cast(negative_slope, tl.float32))
     if HAS_DROPOUT:
         p32 = tl.cast(p, tl.float32)
-        d = tl.where(philox_keep(key_ptr, offs, p32), d / (1.0 - p32), 0.0)
-    tl.store(grad_pre_ptr + offs, (g * d).to(grad_pre_ptr.dtype.element_ty), mask=in_bounds)
+        d = tl.where(philox_keep(key_ptr + 2 * r, offs, p32), d / (1.0 - p32), 0.0)
+    tl.store(grad_pre_ptr + base + offs, (g * d).to(grad_pre_ptr.dtype.element_ty), mask=in_bounds)
 
 
 # For the ahead-of-time build (bench/aot_builds.py, tests/test_gpu_builds.py), per kernel: each
@@ -175,10 +191,14 @@ AOT_BUILDS = {
             M="i32",
             N="i32",
             K="i32",
+            stride_xs="i32",
             stride_xm="i32",
             stride_xk="i32",
+            stride_ws="i32",
             stride_wn="i32",
             stride_wk="i32",
+            stride_bs="i32",
+            stride_ys="i32",
             negative_slope="fp32",
             p="fp32",
             HAS_BIAS="constexpr",
@@ -204,6 +224,7 @@ AOT_BUILDS = {
             grad_pre_ptr="*{dtype}",
             key_ptr="*i64",
             n_elements="i32",
+            stride_s="i32",
             negative_slope="fp32",
             p="fp32",
             HAS_DROPOUT="constexpr",

@@ -2,6 +2,10 @@
 
 Counter = (element index lo, element index hi, step lo, step hi), key = seed. A draw depends only on
 (seed, step, element), so the backward regenerates the forward's mask instead of storing it.
+
+Stacked replicas: the kernels take a contiguous (S, 2) key, replica r's (seed, step) at key_ptr + 2 * r, and
+run replica r on grid axis 1; the element index stays the index within the replica, so replica r draws what a
+single call with its key draws (a single call is replica 0 of a one-replica grid).
 """
 
 import triton
@@ -35,28 +39,32 @@ def philox_normal(key_ptr, idx):
     return n0
 
 
+# n_elements is per replica and stride_s the elements between replicas in out. stride_s defaults to 0 so that
+# a single call keeps its old form, and 0 (Triton takes it as divisible by 16) keeps its loads aligned.
 @triton.jit
-def keep_mask_kernel(key_ptr, out_ptr, n_elements, p, BLOCK: tl.constexpr):
+def keep_mask_kernel(key_ptr, out_ptr, n_elements, p, BLOCK: tl.constexpr, stride_s=0):
+    r = tl.program_id(1).to(tl.int64)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     in_bounds = offs < n_elements
-    keep = philox_keep(key_ptr, offs, tl.cast(p, tl.float32))
-    tl.store(out_ptr + offs, keep.to(tl.uint8), mask=in_bounds)
+    keep = philox_keep(key_ptr + 2 * r, offs, tl.cast(p, tl.float32))
+    tl.store(out_ptr + r * stride_s + offs, keep.to(tl.uint8), mask=in_bounds)
 
 
 @triton.jit
-def normal_kernel(key_ptr, out_ptr, n_elements, BLOCK: tl.constexpr):
+def normal_kernel(key_ptr, out_ptr, n_elements, BLOCK: tl.constexpr, stride_s=0):
+    r = tl.program_id(1).to(tl.int64)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    tl.store(out_ptr + offs, philox_normal(key_ptr, offs), mask=offs < n_elements)
+    tl.store(out_ptr + r * stride_s + offs, philox_normal(key_ptr + 2 * r, offs), mask=offs < n_elements)
 
 
 # For the ahead-of-time build (see linear_leaky_relu_dropout.AOT_BUILDS): types and launcher values.
 AOT_BUILDS = {
     "keep_mask_kernel": dict(
-        args=dict(key_ptr="*i64", out_ptr="*u8", n_elements="i32", p="fp32", BLOCK="constexpr"),
+        args=dict(key_ptr="*i64", out_ptr="*u8", n_elements="i32", p="fp32", BLOCK="constexpr", stride_s="i32"),
         constexprs=dict(BLOCK=(1024,)),
     ),
     "normal_kernel": dict(
-        args=dict(key_ptr="*i64", out_ptr="*fp32", n_elements="i32", BLOCK="constexpr"),
+        args=dict(key_ptr="*i64", out_ptr="*fp32", n_elements="i32", BLOCK="constexpr", stride_s="i32"),
         constexprs=dict(BLOCK=(1024,)),
     ),
 }
