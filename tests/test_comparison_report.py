@@ -185,6 +185,7 @@ def make_results(seeds=(0, 1, 2), quick=False) -> dict:
         "reference": reference,
         "evaluator": {"test_accuracy": 0.9917, "sha256": "0" * 64},
         "compare_s": 600.0,
+        "stages": [["train gan to epoch 10", 61.5], ["train vae to epoch 10", 12.25], ["score gan", 30.0]],
     }
 
 
@@ -233,7 +234,7 @@ def reports(tmp_path_factory) -> dict[int, tuple]:
 def test_report_tables_parse_and_figures_exist(reports, n_seeds):
     out, text = reports[n_seeds]
     tables = _tables(text)
-    assert len(tables) == 5  # scores, sampling, conclusion, EMA, training time
+    assert len(tables) == 6  # scores, sampling, conclusion, EMA, training time, stages
     for table in tables:
         assert len({len(row) for row in table}) == 1, table
         assert all(set(cell) <= set("-") and cell for cell in table[1]), table[1]
@@ -312,6 +313,8 @@ def test_report_timing_table(reports):
     assert (gan["seeds"], gan["epochs per seed"], gan["median s/epoch"]) == ("3", "50", "41.00")
     assert gan["first epoch s (median over seeds)"] == "61.00" and gan["training s (sum over seeds)"] == "6,210"
     assert gan["median images/s"] == "1,501" and "This command took 10.0 min" in text
+    stages = text.split("This command took")[1]
+    assert "| train gan to epoch 10 | 61.5 s |\n| train vae to epoch 10 | 12.2 s |\n| score gan | 30.0 s |" in stages
 
 
 def test_report_with_one_seed_names_no_winner(reports):

@@ -233,6 +233,22 @@ def _ema_section(results: dict, epochs: list[int]) -> list[str]:
     return lines + [""]
 
 
+def _stage_rows(results: dict) -> list[str]:
+    """How long each stage of the comparison took (`stages` in results.json, [name, seconds] in the order they ran;
+    older results have none)."""
+    stages = results.get("stages")
+    if not stages:
+        return []
+    rows = ["| stage | wall time |", "|---|---|", *[f"| {name} | {seconds:.1f} s |" for name, seconds in stages]]
+    return [
+        "Each stage's wall time (each model's seeds train as one group; a stage reused from an earlier run keeps the "
+        "time it took then):",
+        "",
+        *rows,
+        "",
+    ]
+
+
 def _timing_rows(results: dict) -> list[str]:
     rows = [
         "| model | seeds | epochs per seed | median s/epoch | first epoch s (median over seeds) "
@@ -359,6 +375,7 @@ def write_report(out: Path, results: dict, samples: dict[int, dict[str, torch.Te
         "Epoch times are from each run's `metrics.jsonl` (the first epoch includes compilation). "
         f"This command took {results['compare_s'] / 60:.1f} min, including any training it had to do.",
         "",
+        *_stage_rows(results),
     ]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))

@@ -267,7 +267,7 @@ def compare(config: CompareConfig) -> Path:
     results["reference"] = reference_scores(evaluator, config.n, config.seed, config.data_dir, config.download)
     results["evaluator"] = {"test_accuracy": evaluator.accuracy, "sha256": evaluator.sha256}
     results["compare_s"] = time.perf_counter() - start
-    results["stages"] = json.loads((out / "stages.json").read_text())
+    results["stages"] = [[name, seconds] for name, seconds in json.loads((out / "stages.json").read_text()).items()]
     atomic_write_text(out / "results.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
     return write_report(out, results, _grid_samples(results))
 

@@ -27,7 +27,12 @@ def _forward(
     key (S, 2), each replica computing what a single call with its slices computes."""
     if key.dim() == 2:
         if native_runs_on(x.device, x.dtype):
-            return per_replica(lambda k, xs, ws, bs: _forward_one(xs, ws, bs, k, negative_slope, p), key, x, weight, bias)
+            # One batched matmul, then each replica's bias, activation and mask in place on its slice.
+            pre = torch.bmm(x, weight.transpose(1, 2))
+            for s in range(pre.shape[0]):
+                bias_s = bias[s] if bias is not None else None
+                torch.ops.fastgen_native.leaky_relu_dropout_(pre[s], bias_s, key[s], negative_slope, p)
+            return pre
         if not triton_runs_on(x.device):
             mask = keep_mask(key, (*x.shape[:-1], weight.shape[-2]), p) if p > 0.0 else None
             return linear_leaky_relu_dropout_reference(x, weight, bias, negative_slope, mask, p)
