@@ -82,21 +82,25 @@ def test_each_replica_draws_its_single_runs_numbers_and_lands_within_float32s_ro
                 if model == "gan":  # the next step's latent noise, bit for bit
                     assert torch.equal(group.noise_key[s], single.noise_key)
     # The spread float32 shows, per tensor: how far the single float32 runs land from the float64 runs of their
-    # seeds (the largest over the seeds). Each replica must land as close to its seed's float64 run.
+    # seeds, as the norm of the difference (the largest over the seeds; a norm rather than the largest element,
+    # since Adam's first steps move a weight whose gradient is near 0 by a whole step either way, so single
+    # elements flip between float32 runs that round differently). A replica rounds differently again (batched
+    # matmuls), which put it up to 2.3x that far in these runs; 3x bounds it, while one other draw of noise lands
+    # about 1e5 times as far (measured: VAE encoder weights 1.5 against a float32 spread of 1.1e-5).
     spread = {}
     for single, reference in zip(singles, references):
         exact = _states(reference)
         for name, value in _states(single).items():
             if value.is_floating_point():
-                spread[name] = max(spread.get(name, 0.0), (value.double() - exact[name]).abs().max().item())
+                spread[name] = max(spread.get(name, 0.0), (value.double() - exact[name]).norm().item())
     for s, (single, reference) in enumerate(zip(singles, references)):
         replica, alone, exact = _states(group, s), _states(single), _states(reference)
         for name, value in replica.items():
             if not value.is_floating_point():  # dropout keys: every replica's masks are its single run's
                 assert torch.equal(value, alone[name]), name
                 continue
-            distance = (value.double() - exact[name]).abs().max().item()
-            assert distance <= 2 * spread[name] + 1e-7, (
+            distance = (value.double() - exact[name]).norm().item()
+            assert distance <= 3 * spread[name] + 1e-7, (
                 f"replica {s} {name}: {distance:.3g} from float64, spread {spread[name]:.3g}"
             )
 

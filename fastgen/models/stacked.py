@@ -16,6 +16,7 @@ from torch import nn
 
 from fastgen.models.layers import LinearLeakyReLUDropout, Reparameterize, next_key
 from fastgen.ops import linear_leaky_relu_dropout, reparameterize
+from fastgen.ops.stacked_matmul import stacked_matmul
 
 
 def _stacked(tensors) -> torch.Tensor:
@@ -33,9 +34,8 @@ class StackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Computed as (weight @ x^T)^T: the weight's gradient then comes out laid out like the weight (x @ weight^T
         # gives it transposed, which the fused Adam would first have to copy).
-        if self.bias is None:
-            return torch.bmm(self.weight, x.transpose(1, 2)).transpose(1, 2)
-        return torch.baddbmm(self.bias.unsqueeze(2), self.weight, x.transpose(1, 2)).transpose(1, 2)
+        y = stacked_matmul(self.weight, x.transpose(1, 2))
+        return (y if self.bias is None else y + self.bias.unsqueeze(2)).transpose(1, 2)
 
 
 class StackedLinearLeakyReLUDropout(nn.Module):

@@ -11,6 +11,7 @@ from fastgen.ops import eager_native
 from fastgen.ops.dispatch import define_op, native_runs_on, triton_runs_on, use_fused_ops
 from fastgen.ops.reference import linear_leaky_relu_dropout_grad_pre_reference, linear_leaky_relu_dropout_reference
 from fastgen.ops.rng import check_p, keep_mask, per_replica, philox_key, random_seed
+from fastgen.ops.stacked_matmul import stacked_matmul
 from fastgen.ops.validation import check_same, check_slope, check_tensor
 
 
@@ -28,7 +29,7 @@ def _forward(
     if key.dim() == 2:
         if native_runs_on(x.device, x.dtype):
             # One batched matmul, then each replica's bias, activation and mask in place on its slice.
-            pre = torch.bmm(x, weight.transpose(1, 2))
+            pre = stacked_matmul(x, weight.transpose(1, 2))
             for s in range(pre.shape[0]):
                 bias_s = bias[s] if bias is not None else None
                 torch.ops.fastgen_native.leaky_relu_dropout_(pre[s], bias_s, key[s], negative_slope, p)
@@ -160,8 +161,9 @@ def _backward(ctx, grad_y):
     x, weight, y, key = ctx.saved_tensors
     grad_pre = _grad_pre_activation(grad_y.contiguous(), y, key, ctx.negative_slope, ctx.p)
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    grad_x = grad_pre @ weight if need_x else None
-    grad_w = grad_pre.transpose(-1, -2) @ x if need_w else None
+    matmul = stacked_matmul if weight.dim() == 3 else torch.matmul  # stacked replicas: (S, B, N) @ (S, N, K) ...
+    grad_x = matmul(grad_pre, weight) if need_x else None
+    grad_w = matmul(grad_pre.transpose(-1, -2), x) if need_w else None
     grad_b = grad_pre.sum(-2) if need_b else None
     return grad_x, grad_w, grad_b, None, None, None
 

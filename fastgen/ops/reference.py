@@ -7,12 +7,15 @@ import math
 import torch
 import torch.nn.functional as F
 
+from fastgen.ops.stacked_matmul import stacked_matmul
+
 
 def linear_leaky_relu_dropout_reference(x, weight, bias, negative_slope, keep_mask, p):
     """dropout(leaky_relu(x @ weight.T + bias)) with the given keep-mask (None: no dropout); a 3-D weight
     (replicas, out, in) takes x (replicas, batch, in) and bias (replicas, out): one batched matmul."""
     if weight.dim() == 3:
-        pre = x @ weight.transpose(1, 2) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+        pre = stacked_matmul(x, weight.transpose(1, 2))
+        pre = pre if bias is None else pre + bias.unsqueeze(1)
     else:
         pre = F.linear(x, weight, bias)
     y = F.leaky_relu(pre, negative_slope)
