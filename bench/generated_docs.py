@@ -177,6 +177,14 @@ def device_sections(runs: list[dict]) -> list[str]:
     return lines[:-1]
 
 
+def seed_group_section(root: Path = RESULTS) -> list[str]:
+    """Every results folder's seed-group.md (written by `python -m bench.seed_group`), under its folder's name."""
+    lines = []
+    for path in sorted(root.glob("*/seed-group.md")):
+        lines += [f"### `bench/results/{path.parent.name}/`", "", *path.read_text().rstrip("\n").split("\n"), ""]
+    return lines[:-1] or ["No group of seeds has been measured yet."]
+
+
 def comparison_section(folder: Path) -> list[str]:
     """The README's headline of the committed GAN-vs-VAE comparison, with the last epoch's sample grids."""
     from fastgen.comparison.report import headline
@@ -212,6 +220,7 @@ def sections(repo: Path, runs: list[dict]) -> dict[str, dict[str, list[str]]]:
             "glance": glance(runs, FIGURE.relative_to("docs").as_posix()),
             "devices": device_sections(runs),
             "limits": limits_section(repo / "bench" / "results"),
+            "seed-groups": seed_group_section(repo / "bench" / "results"),
         },
     }
 

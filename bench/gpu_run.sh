@@ -3,7 +3,8 @@
 #   bash bench/gpu_run.sh start ARCHIVE_DIR [SECONDS]   (default 540: fits a 10-minute command)
 #   bash bench/gpu_run.sh collect ARCHIVE_DIR SECONDS
 # start: the environment, the benchmarks (with the GPU to themselves), then the GAN-vs-VAE comparison
-#   (3 seeds; epoch 10, then 50, then 200, each with its report) in the background beside the
+#   (the default 5 seeds, each model's as one group; epoch 10, then 50, then 200, each with its report; the
+#   full comparison in one command is bench/gpu_compare.sh) in the background beside the
 #   `gpu`-marked tests; returns SECONDS after it began, or when the comparison ends.
 # collect: wait up to SECONDS for that comparison (it outlives `start` while the machine stays up).
 # Both pack what exists so far into ARCHIVE_DIR/results.tar.gz (weights left out) every half minute, so

@@ -17,6 +17,7 @@ import json
 import os
 import statistics
 import sys
+import time
 
 from bench.interleaved import _run_child
 
@@ -48,9 +49,10 @@ def measure(model: str, seeds: int, repeats: int, variant: str) -> dict:
     }
 
 
-def table(results: list[dict], device: str, on_gpu: bool) -> str:
+def table(results: list[dict], device: str, on_gpu: bool, date: str) -> str:
     lines = [
-        f"Group of seeds against its seeds one after another, {device}; ms per step (median of rounds) per repeat.",
+        f"Group of seeds against its seeds one after another, {device}, {date} (`python -m bench.seed_group`); ms per "
+        "step (median of rounds) per repeat; the ratios are medians over the repeats.",
         "",
         "| model | variant | seeds | one run, ms | group, ms | group step / one run's | group throughput / singles' | target |",
         "|---|---|---|---|---|---|---|---|",
@@ -85,12 +87,13 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=os.path.join("bench", "results", results_folder()))
     args = parser.parse_args(argv)
     device = device_name(torch.device("cuda" if on_gpu else "cpu"))
+    date = time.strftime("%Y-%m-%d", time.gmtime())
     results = [measure(model, args.seeds, args.repeats, args.variant) for model in args.models]
-    text = table(results, device, on_gpu)
+    text = table(results, device, on_gpu, date)
     print(text)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "seed-group.json"), "w") as handle:
-        json.dump({"device": device, "results": results}, handle, indent=2)
+        json.dump({"device": device, "date": date, "on_gpu": on_gpu, "results": results}, handle, indent=2)
     with open(os.path.join(args.out, "seed-group.md"), "w") as handle:
         handle.write(text)
 

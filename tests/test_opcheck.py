@@ -149,15 +149,6 @@ def _bce_kl_loss_backward(device, dtype, rg):
         yield f"{B}x{D}x{L}", args
 
 
-def _stacked_matmul(device, dtype, rg):
-    for S in (1, 3, 4):  # below, between and at multiples of the thread count
-        g = _gen(S)
-        yield f"{S}x17x13x5", (_randn(g, (S, 17, 13), dtype, device, rg), _randn(g, (S, 13, 5), dtype, device, rg))
-    g = _gen(7)
-    a = _randn(g, (3, 13, 17), dtype, device, rg)
-    yield "transposed", (a.transpose(1, 2), _randn(g, (3, 13, 5), dtype, device, rg))
-
-
 # The two draws are deterministic for a fixed key, so opcheck's repeated runs must agree.
 def _eager_keep_mask(device, dtype, rg):
     for shape in ([1], [47, 5], [3, 1, 7], [0, 4]):
@@ -201,7 +192,6 @@ SAMPLES: dict[str, OpSamples] = {
     "reparameterize_grad_logvar": OpSamples(_reparameterize_grad_logvar, FLOAT, False, True),
     "bce_kl_loss": OpSamples(_bce_kl_loss, FLOAT, True, True),
     "bce_kl_loss_backward": OpSamples(_bce_kl_loss_backward, FLOAT, False, True),
-    "stacked_matmul": OpSamples(_stacked_matmul, (torch.float32,), True),
     "eager_keep_mask": OpSamples(_eager_keep_mask),
     "eager_normal": OpSamples(_eager_normal),
     "fused_adam_": OpSamples(_fused_adam_),

@@ -153,3 +153,48 @@ def test_stacked_triton_calls_launch_each_kernel_once(monkeypatch):
             "normal_kernel",
         )
     }
+
+
+_COMPILED_VS_EAGER = """
+import torch
+from fastgen.ops import cpu_backend, linear_leaky_relu_dropout
+gen = torch.Generator().manual_seed(5)
+x, w, b = torch.rand(3, 16, 40, generator=gen), torch.randn(3, 24, 40, generator=gen) / 7, torch.randn(3, 24, generator=gen)
+keys = torch.tensor([[1000 + 17 * s, 3 + s] for s in range(3)])
+leaves = [t.clone().requires_grad_(True) for t in (x, w, b)]
+
+
+def forward(x, w, b):
+    return linear_leaky_relu_dropout(x, w, b, negative_slope=0.2, p=0.3, seed=keys, kernels="{kernels}")
+
+
+def forward_backward(x, w, b):
+    y = forward(x, w, b)
+    return (y.detach(), *torch.autograd.grad(y.square().sum(), (x, w, b)))
+
+
+with cpu_backend("{kernels}"), torch._dynamo.config.patch(trace_autograd_ops=True):
+    eager = (forward(x, w, b), *forward_backward(*leaves))
+    compiled = (torch.compile(forward, fullgraph=True)(x, w, b), *torch.compile(forward_backward, fullgraph=True)(*leaves))
+for e, c in zip(eager, compiled):
+    print(max(((e[s] - c[s]).abs().max() / (e[s].abs().max() + 1e-6)).item() for s in range(3)))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", [b for b in STACKED_BACKENDS if b != "triton"])  # the interpreter does not compile
+def test_a_compiled_stacked_linear_matches_the_eager_one(backend):
+    """torch.compile traces the op's body on the native kernels: every replica, not just the first, must come out
+    as it does eagerly (forward alone, and forward and gradients). In a fresh process without the Triton
+    interpreter, as users run it (an in-place epilogue on each replica's slice was wrong only there)."""
+    import subprocess
+    import sys
+
+    from tests.helpers import cli_env
+
+    done = subprocess.run(
+        [sys.executable, "-c", _COMPILED_VS_EAGER.format(kernels=backend)], capture_output=True, text=True, env=cli_env()
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    errors = [float(line) for line in done.stdout.split()]
+    assert len(errors) == 5 and max(errors) < 1e-5, errors  # y alone; y, grad x, grad weight, grad bias

@@ -28,12 +28,12 @@ def _forward(
     key (S, 2), each replica computing what a single call with its slices computes."""
     if key.dim() == 2:
         if native_runs_on(x.device, x.dtype):
-            # One batched matmul, then each replica's bias, activation and mask in place on its slice.
+            # One batched matmul, then each replica's bias, activation and mask. Not in place on the replicas'
+            # slices: torch.compile traces this body, and an in-place op on a slice of another op's output came
+            # out wrong there for every replica but the first (tested).
             pre = stacked_matmul(x, weight.transpose(1, 2))
-            for s in range(pre.shape[0]):
-                bias_s = bias[s] if bias is not None else None
-                torch.ops.fastgen_native.leaky_relu_dropout_(pre[s], bias_s, key[s], negative_slope, p)
-            return pre
+            epilogue = torch.ops.fastgen_native.leaky_relu_dropout
+            return per_replica(lambda k, ps, bs: epilogue(ps, bs, k, negative_slope, p), key, pre, bias)
         if not triton_runs_on(x.device):
             mask = keep_mask(key, (*x.shape[:-1], weight.shape[-2]), p) if p > 0.0 else None
             return linear_leaky_relu_dropout_reference(x, weight, bias, negative_slope, mask, p)
