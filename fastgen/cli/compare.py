@@ -1,5 +1,5 @@
-"""`python -m fastgen.compare [--epochs 10 50 200] [--seeds 3] [--quick]`: train the GAN and the VAE with
-several seeds, score them at the paper's checkpoints, and write OUT/report.md (means, spreads, and a
+"""`python -m fastgen.compare [--epochs 10 50 200] [--seeds 5] [--quick]`: train the GAN and the VAE with
+several seeds (each model's as one group), score them at the paper's checkpoints, and write OUT/report.md (means, spreads, and a
 winner only where the seeds support one). Runs already in OUT are continued and reused."""
 
 from __future__ import annotations
