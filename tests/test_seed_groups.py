@@ -339,3 +339,45 @@ def test_a_group_killed_by_sigkill_at_any_moment_resumes_to_the_uninterrupted_gr
     process.wait()
     fastgen.train(TrainConfig(resume=str(out), quiet=True))
     _assert_same_files(tmp_path / "straight", out)
+
+
+def test_a_group_shows_its_progress_bar_on_a_terminal(mnist, tmp_path, monkeypatch):
+    from fastgen.training import loop
+
+    monkeypatch.setattr(loop._ProgressBar, "shown", staticmethod(lambda run: True))  # as on a terminal
+    monkeypatch.setattr(loop, "POSTFIX_EVERY", 2)  # the losses read at every second step
+    summary = fastgen.train(_config(mnist, tmp_path / "group", epochs=1))
+    assert summary["steps"] == 5
+
+
+def test_under_torchrun_each_rank_draws_its_own_latent_noise():
+    from fastgen.training import distributed
+
+    ranks = [_trainer("gan", "eager", seed=3) for _ in range(2)]
+    distributed.own_random_streams(ranks[1], 3, rank=1, step=0)
+    assert not torch.equal(ranks[0].noise_key, ranks[1].noise_key)
+    assert not torch.equal(ranks[0].latent_noise(8), ranks[1].latent_noise(8))
+
+
+def test_overwriting_a_group_with_a_run_and_back_leaves_nothing_of_the_other(mnist, tmp_path):
+    out = tmp_path / "out"
+    fastgen.train(_config(mnist, out, epochs=1))
+    fastgen.train(_config(mnist, out, epochs=1, seeds=1, overwrite=True))
+    assert not seed_group.is_group(out) and fastgen.load(out).sample(2, seed=0).shape == (2, 1, 28, 28)
+    fastgen.train(_config(mnist, out, epochs=1, overwrite=True))
+    assert seed_group.is_group(out) and not (out / "checkpoint.safetensors").exists()
+
+
+def test_a_replica_whose_group_write_was_interrupted_is_refused_alone(mnist, tmp_path):
+    fastgen.train(_config(mnist, tmp_path / "group", epochs=1))
+    replica = tmp_path / "group" / f"seed_{SEEDS[0]}"
+    (replica / seed_group.PENDING_FILE).write_bytes((replica / "checkpoint.safetensors").read_bytes())
+    with pytest.raises(FastgenError, match="its group's last checkpoint write was interrupted; resume the group first"):
+        fastgen.train(TrainConfig(resume=str(replica), epochs=2, quiet=True))
+
+
+@pytest.mark.parametrize("record", ["{", '{"format": 1, "config": {}, "seeds": [0, 1], "position": {"epoch": "x"}}'])
+def test_a_damaged_group_record_is_one_line(tmp_path, record):
+    (tmp_path / seed_group.GROUP_FILE).write_text(record)
+    with pytest.raises(FastgenError, match="is not a fastgen group record"):
+        fastgen.train(TrainConfig(resume=str(tmp_path), quiet=True))

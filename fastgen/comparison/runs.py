@@ -37,9 +37,8 @@ from fastgen.training.distributed import launched_by_torchrun
 GRID_SEED = 1234  # the same latent draws at every epoch, so the grids show one generator improving
 # --quick: a smoke test of the whole pipeline (minutes on a CPU), not a result to quote.
 QUICK = {"epochs": (10, 50), "train_images": 1024, "n": 1000, "iwae_k": 10, "seeds": 2, "draws": 2}
-# Three seeds: the fewest from which a spread and Welch's test mean anything; five independent draws of n
-# samples measure a score's own sampling error at n.
-# Five seeds: trained as one group, they cost a GPU little more than one (README, Performance).
+# Five seeds, trained as one group (three are the fewest from which a spread and Welch's test mean anything;
+# more tighten every interval); five independent draws of n samples measure a score's own sampling error at n.
 FULL = {"epochs": (10, 50, 200), "train_images": None, "n": 10_000, "iwae_k": 100, "seeds": 5, "draws": 5}
 REUSE_KEYS = ("dataset", "seed", "seeds", "train_images", "ema")  # settings a reused group must share with this comparison
 DRAW_SEED = 10_000  # the sampling-error draws use seeds DRAW_SEED + i, never the scoring seed

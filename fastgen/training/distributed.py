@@ -100,3 +100,5 @@ def own_random_streams(trainer, seed: int, rank: int, step: int) -> None:
                 if buffer_name.endswith("philox_key"):
                     # Keys' seeds are below 2**62 and so is the offset: the sum cannot overflow int64.
                     buffer[0] = (buffer[0] + offset) & _SEED_MASK
+        if getattr(trainer, "noise_key", None) is not None:  # the GAN's latent noise
+            trainer.noise_key[0] = (trainer.noise_key[0] + offset) & _SEED_MASK

@@ -38,8 +38,12 @@ def read(out: Path) -> dict:
         record = json.loads(path.read_text())
         if record["format"] != GROUP_FORMAT:
             raise FastgenError(f"{path} has group format {record['format']!r}; this fastgen reads format {GROUP_FORMAT}")
-        record["config"], record["seeds"], record["position"]  # noqa: B018 (the keys must be there)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        position, seeds = record["position"], record["seeds"]
+        if position is not None:
+            run_state.Position(**position)
+        if not isinstance(record["config"], dict) or not all(type(s) is int for s in seeds) or len(seeds) < 2:
+            raise TypeError("config or seeds")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise FastgenError(f"{path} is not a fastgen group record ({type(exc).__name__}); the group cannot be resumed") from None
     return record
 

@@ -259,7 +259,7 @@ class _ProgressBar:
 
     def __init__(self, run: Run, epoch: int, last_epoch: int, n_steps: int, first: int):
         self.enabled = self.shown(run)
-        self.batch_size = run.config.batch_size
+        self.batch_size = run.config.batch_size * len(run.replicas)  # a group's images per step: every replica's
         self.names = run.trainer.metric_names[:2]
         self.bar = tqdm(
             total=n_steps, initial=first, desc=f"epoch {epoch}/{last_epoch}", unit="step", disable=not self.enabled, leave=False
@@ -275,8 +275,9 @@ class _ProgressBar:
         self.bar.update(1)
         if step % POSTFIX_EVERY == 0:
             rate = self.bar.format_dict["rate"] or 0.0
+            values = stats.mean(0) if stats.dim() > 1 else stats  # a group shows the mean over its replicas
             self.bar.set_postfix(
-                {**dict(zip(self.names, (f"{v:.3f}" for v in stats.tolist()))), "img/s": f"{rate * self.batch_size:.0f}"}
+                {**dict(zip(self.names, (f"{v:.3f}" for v in values.tolist()))), "img/s": f"{rate * self.batch_size:.0f}"}
             )
 
     def close(self) -> None:
@@ -352,7 +353,12 @@ def _check_finite(run: Run, sums: torch.Tensor, epoch: int, step: int) -> None:
         for name, value in zip(run.trainer.metric_names, row)
         if not math.isfinite(value)
     )
+    healthy = ""
+    if run.seed_group:
+        finite = torch.isfinite(sums).all(1).tolist()
+        alone = [f"{run.out}/seed_{r.seed}" for r, ok in zip(run.replicas, finite) if ok]
+        healthy = f"; the healthy replicas can continue alone (--resume {' / '.join(alone)})" if alone else ""
     raise FastgenError(
         f"training diverged in epoch {epoch} (by step {step}): {bad}; the last good checkpoint in "
-        f"{run.out} is kept; try a lower --lr or train without --amp"
+        f"{run.out} is kept; try a lower --lr or train without --amp{healthy}"
     )

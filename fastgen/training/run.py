@@ -93,6 +93,10 @@ def _set_up(config: TrainConfig) -> tuple[Run, torch.dtype | None, dict]:
     compiled = step_paths(config, device, group is not None, _silent)[0]
     config.kernels = resolve_kernels(config.kernels, device, compiled, say)  # recorded resolved: a resume keeps them
     out = prepare_out(config.out or default_out(config.model), config.overwrite, samples=len(seeds) == 1)
+    if config.overwrite and config.resume is None:  # what another kind of run left there must not be read as this one's
+        stale = ("checkpoint.safetensors", "model.safetensors", "config.json") if len(seeds) > 1 else (seed_group.GROUP_FILE,)
+        for name in stale:
+            (out / name).unlink(missing_ok=True)
     if group is not None:
         group.barrier()  # every rank has checked --out before rank 0 writes into it
     config.out = str(out)
@@ -136,6 +140,11 @@ def resumed_config(config: TrainConfig) -> tuple[TrainConfig, list[run_state.Che
         record, checkpoints = seed_group.load_checkpoints(Path(config.resume))
         saved = dict(record["config"])
     else:
+        if (Path(config.resume) / seed_group.PENDING_FILE).exists():
+            raise FastgenError(
+                f"--resume {config.resume}: its group's last checkpoint write was interrupted; resume the group "
+                f"first (--resume {Path(config.resume).parent}), then this replica alone if you want"
+            )
         checkpoints = [run_state.load(config.resume)]
         saved = dict(checkpoints[0].config)
     checkpoint = checkpoints[0]
