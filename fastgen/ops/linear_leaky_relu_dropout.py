@@ -25,29 +25,21 @@ def _forward(
     x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], key: torch.Tensor, negative_slope: float, p: float
 ) -> torch.Tensor:
     """x (M, K), weight (N, K), bias (N,), key (2,); or stacked replicas: x (S, M, K), weight (S, N, K), bias (S, N),
-    key (S, 2), each replica computing what a single call with its slices computes."""
-    if key.dim() == 2:
-        if native_runs_on(x.device, x.dtype):
-            # One batched matmul, then each replica's bias, activation and mask. Not in place on the replicas'
-            # slices: torch.compile traces this body, and an in-place op on a slice of another op's output came
-            # out wrong there for every replica but the first (tested).
-            pre = stacked_matmul(x, weight.transpose(1, 2))
-            epilogue = torch.ops.fastgen_native.leaky_relu_dropout
-            return per_replica(lambda k, ps, bs: epilogue(ps, bs, k, negative_slope, p), key, pre, bias)
-        if not triton_runs_on(x.device):
-            mask = keep_mask(key, (*x.shape[:-1], weight.shape[-2]), p) if p > 0.0 else None
-            return linear_leaky_relu_dropout_reference(x, weight, bias, negative_slope, mask, p)
-        return _triton_forward(x, weight, bias, key, negative_slope, p)
-    return _forward_one(x, weight, bias, key, negative_slope, p)
-
-
-def _forward_one(x, weight, bias, key, negative_slope: float, p: float) -> torch.Tensor:
+    key (S, 2), each replica computing what a single call with its slices computes. The reference and the Triton
+    kernels take both forms; the native kernels one replica at a time."""
+    if native_runs_on(x.device, x.dtype) and key.dim() == 2:
+        # One batched matmul, then each replica's bias, activation and mask. Not in place on the replicas'
+        # slices: torch.compile traces this body, and an in-place op on a slice of another op's output came
+        # out wrong there for every replica but the first (tested).
+        pre = stacked_matmul(x, weight.transpose(1, 2))
+        epilogue = torch.ops.fastgen_native.leaky_relu_dropout
+        return per_replica(lambda k, ps, bs: epilogue(ps, bs, k, negative_slope, p), key, pre, bias)
     if native_runs_on(x.device, x.dtype):
         pre = torch.mm(x, weight.t())
         torch.ops.fastgen_native.leaky_relu_dropout_(pre, bias, key, negative_slope, p)  # bias, activation, mask
         return pre
     if not triton_runs_on(x.device):
-        mask = keep_mask(key, (x.shape[0], weight.shape[0]), p) if p > 0.0 else None
+        mask = keep_mask(key, (*x.shape[:-1], weight.shape[-2]), p) if p > 0.0 else None
         return linear_leaky_relu_dropout_reference(x, weight, bias, negative_slope, mask, p)
     return _triton_forward(x, weight, bias, key, negative_slope, p)
 
@@ -104,14 +96,13 @@ def _grad_pre_activation(
     grad_y: torch.Tensor, y: torch.Tensor, key: torch.Tensor, negative_slope: float, p: float
 ) -> torch.Tensor:
     """dL/d(pre-activation) from dL/dy, the saved output and the regenerated mask (stacked: per replica)."""
-    if key.dim() == 2 and native_runs_on(y.device, y.dtype):
+    if key.dim() == 2 and native_runs_on(y.device, y.dtype):  # the native kernel takes one replica at a time
         return per_replica(lambda k, gs, ys: _grad_pre_activation_one(gs, ys, k, negative_slope, p), key, grad_y, y)
-    if key.dim() == 2 and triton_runs_on(y.device):
-        return _triton_grad_pre_activation(grad_y, y, key, negative_slope, p)
     return _grad_pre_activation_one(grad_y, y, key, negative_slope, p)
 
 
 def _grad_pre_activation_one(grad_y, y, key, negative_slope: float, p: float) -> torch.Tensor:
+    """One replica on the native kernel; a single call or stacked replicas on the reference or Triton."""
     if native_runs_on(y.device, y.dtype):
         return torch.ops.fastgen_native.leaky_relu_dropout_grad_pre(grad_y, y, key, negative_slope, p)
     if not triton_runs_on(y.device):

@@ -116,6 +116,7 @@ def _(key, shape):
 
 
 @_fake("reparameterize")
+@_fake("fused_reparameterize")  # the eager fast path's whole op: the same output
 def _(mu, logvar, eps, key):
     return mu.new_empty(mu.shape)
 
@@ -126,6 +127,7 @@ def _(grad_z, logvar, eps, key):
 
 
 @_fake("bce_kl_loss")
+@_fake("fused_bce_kl_loss")
 def _(logits, target, mu, logvar):
     return logits.new_empty(logits.shape[0], dtype=torch.float32)
 
@@ -138,16 +140,6 @@ def _(grad_loss, logits, target, mu, logvar):
 @_fake("fused_linear_leaky_relu_dropout")
 def _(x, weight, bias, key, negative_slope, p):
     return x.new_empty((x.shape[0], weight.shape[0]))
-
-
-@_fake("fused_reparameterize")
-def _(mu, logvar, eps, key):
-    return mu.new_empty(mu.shape)
-
-
-@_fake("fused_bce_kl_loss")
-def _(logits, target, mu, logvar):
-    return logits.new_empty(logits.shape[0], dtype=torch.float32)
 
 
 # ---- loading -------------------------------------------------------------------------------------------

@@ -35,14 +35,13 @@ def _noise(eps, key, like):
 @define_op("fastgen::reparameterize")
 def _forward(mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor], key: torch.Tensor) -> torch.Tensor:
     """key (2,), or (S, 2) for stacked replicas (mu's first dimension): each replica as a single call with its key."""
-    if key.dim() == 2 and native_runs_on(mu.device, mu.dtype):
+    if key.dim() == 2 and native_runs_on(mu.device, mu.dtype):  # the native kernel takes one replica at a time
         return per_replica(lambda k, m, lv, e: _forward_one(m, lv, e, k), key, mu, logvar, eps)
-    if key.dim() == 2 and triton_runs_on(mu.device):
-        return _triton_forward(mu, logvar, eps, key)
     return _forward_one(mu, logvar, eps, key)
 
 
 def _forward_one(mu, logvar, eps, key) -> torch.Tensor:
+    """One replica on the native kernel; a single call or stacked replicas on the reference or Triton."""
     if native_runs_on(mu.device, mu.dtype):
         return torch.ops.fastgen_native.reparameterize(mu, logvar, eps, key)
     if not triton_runs_on(mu.device):
@@ -64,14 +63,13 @@ def _triton_forward(mu, logvar, eps, key) -> torch.Tensor:
 
 @define_op("fastgen::reparameterize_grad_logvar")
 def _grad_logvar(grad_z: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor], key: torch.Tensor) -> torch.Tensor:
-    if key.dim() == 2 and native_runs_on(logvar.device, logvar.dtype):
+    if key.dim() == 2 and native_runs_on(logvar.device, logvar.dtype):  # the native kernel: one replica at a time
         return per_replica(lambda k, g, lv, e: _grad_logvar_one(g, lv, e, k), key, grad_z, logvar, eps)
-    if key.dim() == 2 and triton_runs_on(logvar.device):
-        return _triton_grad_logvar(grad_z, logvar, eps, key)
     return _grad_logvar_one(grad_z, logvar, eps, key)
 
 
 def _grad_logvar_one(grad_z, logvar, eps, key) -> torch.Tensor:
+    """One replica on the native kernel; a single call or stacked replicas on the reference or Triton."""
     if native_runs_on(logvar.device, logvar.dtype):
         return torch.ops.fastgen_native.reparameterize_grad_logvar(grad_z, logvar, eps, key)
     if not triton_runs_on(logvar.device):

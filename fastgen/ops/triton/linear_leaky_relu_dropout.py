@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from fastgen.ops.dispatch import TRITON_INTERPRET
-from fastgen.ops.triton.philox import philox_keep
+from fastgen.ops.triton.philox import philox_keep, replica_block
 
 
 def _tile(block_m, block_n, block_k, warps, stages):
@@ -165,9 +165,7 @@ def linear_leaky_relu_dropout_bwd_kernel(
 ):
     # grad_y, y and grad_pre are contiguous (replicas, M, N), n_elements = M * N, stride_s the elements between
     # replicas (0 for a single call): the flat offset within replica r (grid axis 1) is the forward's element index.
-    r = tl.program_id(1).to(tl.int64)
-    base = r * stride_s
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    base, key_ptr, offs = replica_block(key_ptr, stride_s, BLOCK)
     in_bounds = offs < n_elements
     g = tl.load(grad_y_ptr + base + offs, mask=in_bounds, other=0.0).to(tl.float32)
     y = tl.load(y_ptr + base + offs, mask=in_bounds, other=0.0)
@@ -175,7 +173,7 @@ def linear_leaky_relu_dropout_bwd_kernel(
     d = tl.where(y > 0, 1.0, tl.cast(negative_slope, tl.float32))
     if HAS_DROPOUT:
         p32 = tl.cast(p, tl.float32)
-        d = tl.where(philox_keep(key_ptr + 2 * r, offs, p32), d / (1.0 - p32), 0.0)
+        d = tl.where(philox_keep(key_ptr, offs, p32), d / (1.0 - p32), 0.0)
     tl.store(grad_pre_ptr + base + offs, (g * d).to(grad_pre_ptr.dtype.element_ty), mask=in_bounds)
 
 

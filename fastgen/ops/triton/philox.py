@@ -39,22 +39,28 @@ def philox_normal(key_ptr, idx):
     return n0
 
 
+@triton.jit
+def replica_block(key_ptr, stride_s, BLOCK: tl.constexpr):
+    """An elementwise program's replica (grid axis 1): the offset of its first element (r * stride_s), its
+    (seed, step) key, and the block's element indices within the replica (grid axis 0), which the draws use."""
+    r = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return r * stride_s, key_ptr + 2 * r, offs
+
+
 # n_elements is per replica and stride_s the elements between replicas in out. stride_s defaults to 0 so that
 # a single call keeps its old form, and 0 (Triton takes it as divisible by 16) keeps its loads aligned.
 @triton.jit
 def keep_mask_kernel(key_ptr, out_ptr, n_elements, p, BLOCK: tl.constexpr, stride_s=0):
-    r = tl.program_id(1).to(tl.int64)
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    in_bounds = offs < n_elements
-    keep = philox_keep(key_ptr + 2 * r, offs, tl.cast(p, tl.float32))
-    tl.store(out_ptr + r * stride_s + offs, keep.to(tl.uint8), mask=in_bounds)
+    base, key_ptr, offs = replica_block(key_ptr, stride_s, BLOCK)
+    keep = philox_keep(key_ptr, offs, tl.cast(p, tl.float32))
+    tl.store(out_ptr + base + offs, keep.to(tl.uint8), mask=offs < n_elements)
 
 
 @triton.jit
 def normal_kernel(key_ptr, out_ptr, n_elements, BLOCK: tl.constexpr, stride_s=0):
-    r = tl.program_id(1).to(tl.int64)
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    tl.store(out_ptr + r * stride_s + offs, philox_normal(key_ptr + 2 * r, offs), mask=offs < n_elements)
+    base, key_ptr, offs = replica_block(key_ptr, stride_s, BLOCK)
+    tl.store(out_ptr + base + offs, philox_normal(key_ptr, offs), mask=offs < n_elements)
 
 
 # For the ahead-of-time build (see linear_leaky_relu_dropout.AOT_BUILDS): types and launcher values.

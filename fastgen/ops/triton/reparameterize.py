@@ -6,7 +6,7 @@ Stacked replicas run in one launch: replica r on grid axis 1, its contiguous n_e
 import triton
 import triton.language as tl
 
-from fastgen.ops.triton.philox import philox_normal
+from fastgen.ops.triton.philox import philox_normal, replica_block
 
 
 @triton.jit
@@ -24,12 +24,10 @@ def _load_latent(logvar_ptr, eps_ptr, key_ptr, offs, in_bounds, HAS_EPS: tl.cons
 def reparameterize_fwd_kernel(
     mu_ptr, logvar_ptr, eps_ptr, key_ptr, z_ptr, n_elements, stride_s, HAS_EPS: tl.constexpr, BLOCK: tl.constexpr
 ):
-    r = tl.program_id(1).to(tl.int64)
-    base = r * stride_s
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    base, key_ptr, offs = replica_block(key_ptr, stride_s, BLOCK)
     in_bounds = offs < n_elements
     mu = tl.load(mu_ptr + base + offs, mask=in_bounds, other=0.0).to(tl.float32)
-    logvar, eps = _load_latent(logvar_ptr + base, eps_ptr + base, key_ptr + 2 * r, offs, in_bounds, HAS_EPS)
+    logvar, eps = _load_latent(logvar_ptr + base, eps_ptr + base, key_ptr, offs, in_bounds, HAS_EPS)
     z = mu + tl.exp(0.5 * logvar) * eps
     tl.store(z_ptr + base + offs, z.to(z_ptr.dtype.element_ty), mask=in_bounds)
 
@@ -47,12 +45,10 @@ def reparameterize_bwd_kernel(
     BLOCK: tl.constexpr,
 ):
     # dz/dmu = 1 (the gradient passes through); dz/dlogvar = 0.5 * exp(0.5 * logvar) * eps, eps regenerated.
-    r = tl.program_id(1).to(tl.int64)
-    base = r * stride_s
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    base, key_ptr, offs = replica_block(key_ptr, stride_s, BLOCK)
     in_bounds = offs < n_elements
     g = tl.load(grad_z_ptr + base + offs, mask=in_bounds, other=0.0).to(tl.float32)
-    logvar, eps = _load_latent(logvar_ptr + base, eps_ptr + base, key_ptr + 2 * r, offs, in_bounds, HAS_EPS)
+    logvar, eps = _load_latent(logvar_ptr + base, eps_ptr + base, key_ptr, offs, in_bounds, HAS_EPS)
     grad_logvar = 0.5 * g * tl.exp(0.5 * logvar) * eps
     tl.store(grad_logvar_ptr + base + offs, grad_logvar.to(grad_logvar_ptr.dtype.element_ty), mask=in_bounds)
 
