@@ -96,14 +96,3 @@ def stack(networks: list[nn.Module]) -> nn.Module:
 def replica_state(stacked: nn.Module, replica: int) -> dict[str, torch.Tensor]:
     """Replica `replica`'s state dict, named and shaped as the single network's."""
     return {name: value[replica] for name, value in stacked.state_dict().items()}
-
-
-@torch.no_grad()
-def load_replica_state(stacked: nn.Module, replica: int, state: dict[str, torch.Tensor]) -> None:
-    """Copy a single network's state dict into replica `replica` (in place: the tensors keep their addresses)."""
-    own = stacked.state_dict()
-    if own.keys() != state.keys():
-        name = sorted(own.keys() ^ state.keys())[0]
-        raise KeyError(f"state does not match the stacked network: {name}")
-    for name, value in own.items():
-        value[replica].copy_(state[name])

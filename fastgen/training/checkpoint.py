@@ -30,7 +30,11 @@ def trainer_tensors(trainer, replica: int | None = None) -> dict[str, torch.Tens
     """The trainer's state by checkpoint name; for a group, `replica` picks one replica's slices (what its single
     run's checkpoint holds). Every state tensor of a group has a leading replica dimension but the 0-d ones (Adam's
     step counters and learning rate, the EMA's update count), which the replicas share."""
-    tensors = _all_trainer_tensors(trainer)
+    return replica_slices(_all_trainer_tensors(trainer), replica)
+
+
+def replica_slices(tensors: dict[str, torch.Tensor], replica: int | None) -> dict[str, torch.Tensor]:
+    """A group's tensors as one replica's (0-d ones are shared); all of them for a single run (`replica` None)."""
     if replica is None:
         return tensors
     return {key: value[replica] if value.dim() else value for key, value in tensors.items()}

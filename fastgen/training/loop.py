@@ -232,8 +232,8 @@ def _save_run_state(run: Run, progress: Progress, epoch: int, n_steps: int, sums
     """The weights files and the checkpoint as of this epoch's end."""
     for i, replica in enumerate(run.replicas):
         index = i if run.seed_group else None
-        modules = {name: _state(getattr(run.trainer, name), index) for name in run.trainer.modules}
-        ema = _slice(run.trainer.ema.tensors(), index) if run.trainer.ema is not None else None
+        modules = {name: run_state.replica_slices(getattr(run.trainer, name).state_dict(), index) for name in run.trainer.modules}
+        ema = run_state.replica_slices(run.trainer.ema.tensors(), index) if run.trainer.ema is not None else None
         replica.writer.save_weights(modules, run.config.model, replica.config, ema)
     if n_steps < progress.steps_per_epoch:  # stopped by --max-steps: a resume may finish this epoch
         _save_checkpoint(run, run_state.Position(epoch, n_steps, progress.step), sums, epoch_gen_state)
@@ -241,17 +241,6 @@ def _save_run_state(run: Run, progress: Progress, epoch: int, n_steps: int, sums
         next_states = [replica.data_gen.get_state() for replica in run.replicas]
         _save_checkpoint(run, run_state.Position(epoch + 1, 0, progress.step), torch.zeros_like(sums), next_states)
     progress.last_save = time.perf_counter()
-
-
-def _state(module: torch.nn.Module, replica: int | None) -> dict[str, torch.Tensor]:
-    """A module's state dict, or one replica's slices of a stacked module's."""
-    return _slice(module.state_dict(), replica)
-
-
-def _slice(tensors: dict[str, torch.Tensor], replica: int | None) -> dict[str, torch.Tensor]:
-    if replica is None:
-        return tensors
-    return {key: value[replica] if value.dim() else value for key, value in tensors.items()}
 
 
 class _ProgressBar:
