@@ -1,5 +1,6 @@
 """Shared test helpers: a closeness check that says where and how it failed, IDX files and a synthetic
-MNIST written by the tests themselves, the command lines run as a user runs them, and where real MNIST is.
+MNIST written by the tests themselves, the command lines run as a user runs them, a real signal after a given
+training step, and where real MNIST is.
 
 Importing this module has no side effects (bench/conftest.py imports it for `find_real_mnist`).
 """
@@ -217,3 +218,20 @@ def run_cli(module, *args, cwd=None, cache=None, env=None) -> subprocess.Complet
 def train_cli(*args, cwd=None, cache=None, env=None) -> subprocess.CompletedProcess:
     """`python -m fastgen.train args... --no-download --device cpu`."""
     return run_cli("fastgen.train", *args, "--no-download", "--device", "cpu", cwd=cwd, cache=cache, env=env)
+
+
+def signal_after_step(monkeypatch, call: int, signum: int) -> None:
+    """Deliver a real signal to this process right after the GAN trainer's given step (a single run's or a group's)."""
+    from fastgen.training.trainers import GANTrainer
+
+    original = GANTrainer.step
+    calls = []
+
+    def step(self, x):
+        out = original(self, x)
+        calls.append(1)
+        if len(calls) == call:
+            os.kill(os.getpid(), signum)
+        return out
+
+    monkeypatch.setattr(GANTrainer, "step", step)

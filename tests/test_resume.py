@@ -12,7 +12,7 @@ from fastgen.errors import FastgenError, Interrupted
 from fastgen.files import atomic_write, atomic_write_text
 from fastgen.training import checkpoint as run_state
 from fastgen.training.trainers import GANTrainer
-from tests.helpers import run_cli, write_split
+from tests.helpers import run_cli, signal_after_step, write_split
 
 
 def _config(mnist, out, **overrides):
@@ -22,26 +22,11 @@ def _config(mnist, out, **overrides):
     return fastgen.TrainConfig(**{**settings, **overrides})
 
 
-def _signal_at(monkeypatch, call: int, signum: int):
-    """Deliver a real signal to this process right after the given step."""
-    original = GANTrainer.step
-    calls = []
-
-    def step(self, x):
-        out = original(self, x)
-        calls.append(1)
-        if len(calls) == call:
-            os.kill(os.getpid(), signum)
-        return out
-
-    monkeypatch.setattr(GANTrainer, "step", step)
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_then_resume_is_bit_identical_to_an_uninterrupted_run(mnist, tmp_path, monkeypatch, signum):
     fastgen.train(_config(mnist, tmp_path / "straight"))
 
-    _signal_at(monkeypatch, 17, signum)
+    signal_after_step(monkeypatch, 17, signum)
     with pytest.raises(Interrupted, match="resume with: python -m fastgen.train --resume") as info:
         fastgen.train(_config(mnist, tmp_path / "cut"))
     assert info.value.exit_code == 128 + signum

@@ -19,8 +19,8 @@ from fastgen.ops import cpu_backend, native
 from fastgen.training import group as seed_group
 from fastgen.training import memory
 from fastgen.training.compiled_step import build_step
-from fastgen.training.trainers import TRAINERS, GANTrainer
-from tests.helpers import train_cli
+from fastgen.training.trainers import TRAINERS
+from tests.helpers import signal_after_step, train_cli
 
 SEEDS = (4, 5, 6)
 KERNELS = ["eager"] + (["native"] if native.load() else [])
@@ -192,23 +192,9 @@ def test_a_group_writes_single_run_folders_with_each_seeds_data_order_and_keys(m
         fastgen.load(tmp_path / "group")
 
 
-def _stop_at(monkeypatch, call: int, signum: int):
-    original = GANTrainer.step
-    calls = []
-
-    def step(self, x):
-        out = original(self, x)
-        calls.append(1)
-        if len(calls) == call:
-            os.kill(os.getpid(), signum)
-        return out
-
-    monkeypatch.setattr(GANTrainer, "step", step)
-
-
 def test_a_group_stopped_by_sigterm_resumes_to_the_uninterrupted_groups_weights(mnist, tmp_path, monkeypatch):
     fastgen.train(_config(mnist, tmp_path / "straight"))
-    _stop_at(monkeypatch, 7, signal.SIGTERM)
+    signal_after_step(monkeypatch, 7, signal.SIGTERM)
     with pytest.raises(Interrupted, match=f"--resume {tmp_path / 'cut'}"):
         fastgen.train(_config(mnist, tmp_path / "cut"))
     monkeypatch.undo()
