@@ -111,6 +111,27 @@ struct Avx2Isa {
     }
   }
 
+  // 16-bit words (bfloat16 bits) zero-extended into lanes, and lanes' low 16 bits stored, first n lanes.
+  static U load_u16n(const uint16_t* p, int n) {
+    if (n == W) return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    alignas(16) uint16_t lanes[W] = {};
+    for (int j = 0; j < n; ++j) lanes[j] = p[j];
+    return _mm256_cvtepu16_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(lanes)));
+  }
+  static void store_u16n(uint16_t* p, U v, int n) {
+    // Lanes hold values below 2^16, so the unsigned-saturating pack keeps them; it packs within 128-bit
+    // halves, and the permute brings the two halves' words together.
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(v, v), 0xD8);
+    const __m128i words = _mm256_castsi256_si128(packed);
+    if (n == W) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(p), words);
+    } else {
+      alignas(16) uint16_t lanes[W];
+      _mm_store_si128(reinterpret_cast<__m128i*>(lanes), words);
+      for (int j = 0; j < n; ++j) p[j] = lanes[j];
+    }
+  }
+
   static F cvt_i2f(U a) { return _mm256_cvtepi32_ps(a); }
   static U cvt_f2i_round(F a) { return _mm256_cvtps_epi32(a); }
   static U as_u(F a) { return _mm256_castps_si256(a); }

@@ -106,6 +106,21 @@ struct Avx512Isa {
     }
   }
 
+  // 16-bit words (bfloat16 bits) zero-extended into lanes, and lanes' low 16 bits stored, first n lanes.
+  static U load_u16n(const uint16_t* p, int n) {
+    if (n == W) return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    alignas(32) uint16_t lanes[W] = {};  // a masked 16-bit load needs AVX-512BW, which this table does not assume
+    for (int j = 0; j < n; ++j) lanes[j] = p[j];
+    return _mm512_cvtepu16_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(lanes)));
+  }
+  static void store_u16n(uint16_t* p, U v, int n) {
+    if (n == W) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(v));
+    } else {
+      _mm512_mask_cvtepi32_storeu_epi16(p, first_lanes(n), v);
+    }
+  }
+
   static F cvt_i2f(U a) { return _mm512_cvtepi32_ps(a); }
   static U cvt_f2i_round(F a) { return _mm512_cvtps_epi32(a); }
   static U as_u(F a) { return _mm512_castps_si512(a); }

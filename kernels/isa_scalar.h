@@ -66,6 +66,9 @@ struct ScalarIsa {
     }
   }
   static void store_bytes01(uint8_t* p, M m, int) { *p = m ? 1 : 0; }
+  // 16-bit words (bfloat16 bits) zero-extended into lanes, and lanes' low 16 bits stored, first n lanes.
+  static U load_u16n(const uint16_t* p, int) { return *p; }
+  static void store_u16n(uint16_t* p, U v, int) { *p = static_cast<uint16_t>(v); }
 
   static F cvt_i2f(U a) { return static_cast<float>(static_cast<int32_t>(a)); }
   // Round to the nearest integer in the current rounding mode (ties to even), as cvtps2dq does.

@@ -210,6 +210,74 @@ void bce_kl_loss_backward(const float* grad_loss, const float* logits, const flo
   }
 }
 
+// ---- Adam, reading bfloat16 gradients and writing a bfloat16 copy of the parameter in the same pass -------
+
+// bfloat16 bits (zero-extended into lanes) as float32: the high half of the float's bits.
+template <class V>
+inline typename V::F bf16_to_float(typename V::U bits) {
+  return V::as_f(V::template ushl<16>(bits));
+}
+
+// float32 to bfloat16 bits, rounded to nearest even; NaN to the quiet NaN 0x7FC0 (torch's conversion).
+template <class V>
+inline typename V::U float_to_bf16(typename V::F x) {
+  using U = typename V::U;
+  const U bits = V::as_u(x);
+  const U lsb = V::uand(V::template ushr<16>(bits), V::uset1(1));
+  const U rounded = V::template ushr<16>(V::uadd(bits, V::uadd(lsb, V::uset1(0x7FFF))));
+  return V::uselect(V::isnan(x), V::uset1(0x7FC0), rounded);
+}
+
+// torch's lerp(a, b, w) on lanes: a + w (b - a) for |w| < 0.5, else b + (w - 1)(b - a), one fused multiply-add.
+struct LerpWeight {
+  bool small;
+  float coefficient;
+  explicit LerpWeight(float w) : small(__builtin_fabsf(w) < 0.5f), coefficient(small ? w : w - 1.0f) {}
+};
+
+template <class V>
+inline typename V::F lerp_lanes(typename V::F a, typename V::F b, const LerpWeight& w, typename V::F coefficient) {
+  return V::fma(coefficient, V::sub(b, a), w.small ? a : b);
+}
+
+template <class V, bool kBf16Grad, bool kCopy, bool kAverage>
+void adam_range(const AdamTensors& t, int64_t begin, int64_t end, const AdamConstants& c) {
+  using F = typename V::F;
+  const LerpWeight moment_weight(c.one_minus_beta1), average_weight(c.average_weight);
+  const F moment_coefficient = V::set1(moment_weight.coefficient), average_coefficient = V::set1(average_weight.coefficient);
+  const F beta2 = V::set1(c.beta2), grad_weight2 = V::set1(c.one_minus_beta2), step_size = V::set1(c.step_size),
+          bc2_sqrt = V::set1(c.bias_correction2_sqrt), eps = V::set1(c.eps);
+  for (int64_t i = begin; i < end; i += V::W) {
+    const int n = lanes_left<V>(i, end);
+    const F g = kBf16Grad ? bf16_to_float<V>(V::load_u16n(static_cast<const uint16_t*>(t.grad) + i, n))
+                          : V::loadn(static_cast<const float*>(t.grad) + i, n);
+    const F m = lerp_lanes<V>(V::loadn(t.exp_avg + i, n), g, moment_weight, moment_coefficient);
+    // (1 - beta2) g * g + beta2 v with one rounding, as torch's kernel computes it.
+    const F v = V::fma(V::mul(g, grad_weight2), g, V::mul(V::loadn(t.exp_avg_sq + i, n), beta2));
+    V::storen(t.exp_avg + i, m, n);
+    V::storen(t.exp_avg_sq + i, v, n);
+    const F denom = V::add(V::div(V::sqrt(v), bc2_sqrt), eps);
+    const F p = V::sub(V::loadn(t.param + i, n), V::div(V::mul(step_size, m), denom));
+    V::storen(t.param + i, p, n);
+    if constexpr (kCopy) V::store_u16n(t.copy + i, float_to_bf16<V>(p), n);
+    if constexpr (kAverage) {
+      V::storen(t.average + i, lerp_lanes<V>(V::loadn(t.average + i, n), p, average_weight, average_coefficient), n);
+    }
+  }
+}
+
+template <class V, bool kBf16Grad>
+void adam_for_grad(const AdamTensors& t, int64_t begin, int64_t end, const AdamConstants& c) {
+  auto kernel = t.copy ? (t.average ? adam_range<V, kBf16Grad, true, true> : adam_range<V, kBf16Grad, true, false>)
+                       : (t.average ? adam_range<V, kBf16Grad, false, true> : adam_range<V, kBf16Grad, false, false>);
+  kernel(t, begin, end, c);
+}
+
+template <class V>
+void adam(const AdamTensors& t, int64_t begin, int64_t end, const AdamConstants& c) {
+  (t.grad_bf16 ? adam_for_grad<V, true> : adam_for_grad<V, false>)(t, begin, end, c);
+}
+
 template <class V>
 constexpr KernelTable make_table(const char* name) {
   return KernelTable{name,
@@ -220,7 +288,8 @@ constexpr KernelTable make_table(const char* name) {
                      &reparameterize<V>,
                      &reparameterize_grad_logvar<V>,
                      &bce_kl_loss<V>,
-                     &bce_kl_loss_backward<V>};
+                     &bce_kl_loss_backward<V>,
+                     &adam<V>};
 }
 
 }  // namespace

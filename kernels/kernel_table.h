@@ -16,6 +16,26 @@ struct PhiloxKey {
   uint64_t step;
 };
 
+// Adam's per-parameter constants, computed in double as torch's fused CPU Adam computes them, then rounded.
+struct AdamConstants {
+  float beta2, one_minus_beta1, one_minus_beta2;
+  float step_size;              // lr / (1 - beta1^step)
+  float bias_correction2_sqrt;  // sqrt(1 - beta2^step)
+  float eps;
+  float average_weight;         // the moving average's lerp weight (1 - decay), when there is one
+};
+
+// One parameter's tensors, as contiguous arrays of the same length.
+struct AdamTensors {
+  float* param;
+  const void* grad;  // float32, or bfloat16 bits when grad_bf16
+  bool grad_bf16;
+  float* exp_avg;
+  float* exp_avg_sq;
+  uint16_t* copy;  // bfloat16 bits, or null
+  float* average;  // the parameter's moving average, or null
+};
+
 struct KernelTable {
   const char* name;  // "avx512", "avx2" or "scalar"
 
@@ -43,6 +63,11 @@ struct KernelTable {
   void (*bce_kl_loss_backward)(const float* grad_loss, const float* logits, const float* target, const float* mu,
                                const float* logvar, float* grad_logits, float* grad_mu, float* grad_logvar,
                                int64_t row_begin, int64_t row_end, int64_t D, int64_t L);
+  // Adam on elements [begin, end) of one float32 parameter, rounded as torch's fused CPU Adam rounds:
+  // m = lerp(m, g, 1 - beta1); v = beta2 v + (1 - beta2) g g; param -= step_size m / (sqrt(v) / bc2_sqrt + eps).
+  // Then, in the same pass, the copy = the updated parameter rounded to bfloat16 (nearest even, as a cast), and
+  // the average = lerp(average, param, average_weight) (as torch's lerp), for those that are not null.
+  void (*adam)(const AdamTensors& t, int64_t begin, int64_t end, const AdamConstants& c);
 };
 
 // Defined in kernels_scalar.cpp / kernels_avx2.cpp / kernels_avx512.cpp (the last two on x86-64 only).

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "kernel_table.h"
 
@@ -336,6 +337,86 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bce_kl_loss_backward(const at::Te
           as_dtype(grad_logvar, logvar.scalar_type())};
 }
 
+// ---- Adam: one pass over every parameter of an optimizer --------------------------------------------------
+
+void check_adam_state(const at::Tensor& t, const at::Tensor& param, at::ScalarType dtype, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == dtype && t.is_contiguous(), "fastgen_native::adam_: ", name,
+              " must be a contiguous CPU ", dtype, " tensor, got ", t.scalar_type(), " on ", t.device());
+  check_same_shape(t, param, "adam_", name, "its parameter");
+}
+
+AdamConstants adam_constants(double lr, double beta1, double beta2, double eps, double step, float average_weight) {
+  // In double and in this order, as torch's fused CPU Adam computes them.
+  const double bias_correction1 = 1 - std::pow(beta1, step), bias_correction2 = 1 - std::pow(beta2, step);
+  return {static_cast<float>(beta2),
+          static_cast<float>(1 - beta1),
+          static_cast<float>(1 - beta2),
+          static_cast<float>(lr / bias_correction1),
+          static_cast<float>(std::sqrt(bias_correction2)),
+          static_cast<float>(eps),
+          average_weight};
+}
+
+// One float32 CPU scalar tensor's value, incremented first when `increment` (a step counter).
+float scalar(const at::Tensor& t, const char* name, bool increment = false) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.numel() == 1, "fastgen_native::adam_: ", name,
+              " must be a one-element float32 CPU tensor, got ", t.scalar_type(), " ", t.sizes(), " on ", t.device());
+  float* value = t.data_ptr<float>();
+  if (increment) *value += 1.0f;
+  return *value;
+}
+
+// Adam for float32 parameters from float32 or bfloat16 gradients, each step counter counted up first; in the
+// same pass each parameter's bfloat16 copy rewritten and its moving average moved towards it, where given.
+void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+           at::TensorList steps, const at::Tensor& lr, double beta1, double beta2, double eps, at::TensorList copies,
+           at::TensorList averages, const std::optional<at::Tensor>& average_weight) {
+  const size_t n = params.size();
+  TORCH_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && steps.size() == n &&
+                  (copies.empty() || copies.size() == n) && (averages.empty() || averages.size() == n),
+              "fastgen_native::adam_: params, grads, exp_avgs, exp_avg_sqs, steps (and copies, averages, if any) "
+              "must be lists of one length");
+  TORCH_CHECK(averages.empty() == !average_weight.has_value(),
+              "fastgen_native::adam_: averages and average_weight come together");
+  const double lr_value = scalar(lr, "lr");
+  const float average_value = average_weight.has_value() ? scalar(*average_weight, "average_weight") : 0.0f;
+  std::vector<at::Tensor> contiguous_grads(n);
+  std::vector<AdamTensors> tensors(n);
+  std::vector<AdamConstants> constants(n);
+  std::vector<int64_t> starts{0};  // parameter i covers flat elements [starts[i], starts[i + 1])
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& param = params[i];
+    check_adam_state(param, param, at::kFloat, "a parameter");
+    check_adam_state(exp_avgs[i], param, at::kFloat, "exp_avg");
+    check_adam_state(exp_avg_sqs[i], param, at::kFloat, "exp_avg_sq");
+    if (!copies.empty()) check_adam_state(copies[i], param, at::kBFloat16, "a copy");
+    if (!averages.empty()) check_adam_state(averages[i], param, at::kFloat, "an average");
+    const auto grad_dtype = grads[i].scalar_type();
+    TORCH_CHECK(grads[i].device().is_cpu() && (grad_dtype == at::kFloat || grad_dtype == at::kBFloat16),
+                "fastgen_native::adam_: a gradient must be a float32 or bfloat16 CPU tensor, got ", grad_dtype);
+    check_same_shape(grads[i], param, "adam_", "a gradient", "its parameter");
+    contiguous_grads[i] = grads[i].contiguous();
+    tensors[i] = {param.data_ptr<float>(),
+                  contiguous_grads[i].const_data_ptr(),
+                  grad_dtype == at::kBFloat16,
+                  exp_avgs[i].data_ptr<float>(),
+                  exp_avg_sqs[i].data_ptr<float>(),
+                  copies.empty() ? nullptr : reinterpret_cast<uint16_t*>(copies[i].data_ptr<at::BFloat16>()),
+                  averages.empty() ? nullptr : averages[i].data_ptr<float>()};
+    constants[i] = adam_constants(lr_value, beta1, beta2, eps, scalar(steps[i], "a step", true), average_value);
+    starts.push_back(starts.back() + param.numel());
+  }
+  const KernelTable& k = kernels();
+  // One parallel loop over all parameters' elements: a thread's range may span several tensors.
+  for_elements(starts.back(), kPlainGrain, [&](int64_t begin, int64_t end) {
+    size_t i = std::upper_bound(starts.begin(), starts.end(), begin) - starts.begin() - 1;
+    for (; i < n && starts[i] < end; ++i) {
+      const int64_t from = std::max(begin, starts[i]) - starts[i], to = std::min(end, starts[i + 1]) - starts[i];
+      k.adam(tensors[i], from, to, constants[i]);
+    }
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgen_native, CPU, m) {
@@ -348,6 +429,7 @@ TORCH_LIBRARY_IMPL(fastgen_native, CPU, m) {
   m.impl("reparameterize_grad_logvar", &reparameterize_grad_logvar);
   m.impl("bce_kl_loss", &bce_kl_loss);
   m.impl("bce_kl_loss_backward", &bce_kl_loss_backward);
+  m.impl("adam_", &adam_);
 }
 
 }  // namespace fastgen_native

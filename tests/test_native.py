@@ -542,6 +542,28 @@ def _samples(name: str, dtype: torch.dtype):
     if name == "fused_bce_kl_loss":
         target = torch.rand(47, 13, generator=g).to(dtype)
         return [(randn(47, 13, scale=3).requires_grad_(), target, randn(47, 3).requires_grad_(), randn(47, 3).requires_grad_())]
+    if name == "adam_":  # grads in `dtype`; with and without bf16 copies and a moving average
+        shapes = ((47,), (5, 3), (1,), ())
+        samples = []
+        for copies, averaged in ((False, False), (True, True), (True, False)):
+            params = [randn(*s).float() for s in shapes]
+            samples.append(
+                (
+                    params,
+                    [randn(*s, scale=0.1) for s in shapes],
+                    [randn(*s, scale=0.01).float() for s in shapes],
+                    [torch.rand(s, generator=g) * 1e-4 for s in shapes],
+                    [torch.full((), 3.0) for _ in shapes],
+                    torch.tensor(1e-2),
+                    0.5,
+                    0.999,
+                    1e-8,
+                    [p.bfloat16() for p in params] if copies else [],
+                    [randn(*s).float() for s in shapes] if averaged else [],
+                    torch.tensor(0.25) if averaged else None,
+                )
+            )
+        return samples
     raise AssertionError(f"no opcheck samples for fastgen_native::{name}")
 
 

@@ -164,15 +164,17 @@ def _eager_normal(device, dtype, rg):
 def _fused_adam_(device, dtype, rg):
     shapes = ((1,), (47,), (5, 3), ())
     for found_inf in (None, 0.0, 1.0):
-        g = _gen(0)
-        params = [_randn(g, s, torch.float32, device) for s in shapes]
-        grads = [_randn(g, s, torch.float32, device) for s in shapes]
-        exp_avgs = [_randn(g, s, torch.float32, device, scale=0.1) for s in shapes]
-        exp_avg_sqs = [_rand(g, s, torch.float32, device) for s in shapes]
-        steps = [torch.full((), 3.0, device=device) for _ in shapes]
-        inf = None if found_inf is None else torch.tensor(found_inf, device=device)
-        args = (params, grads, exp_avgs, exp_avg_sqs, steps, torch.tensor(1e-2, device=device), 0.9, 0.999, inf)
-        yield f"found_inf={found_inf}", args
+        for copy_dtype in (None, torch.bfloat16, torch.float16):  # mixed precision: bf16 or fp16 working copies
+            g = _gen(0)
+            params = [_randn(g, s, torch.float32, device) for s in shapes]
+            grads = [_randn(g, s, copy_dtype or torch.float32, device) for s in shapes]
+            exp_avgs = [_randn(g, s, torch.float32, device, scale=0.1) for s in shapes]
+            exp_avg_sqs = [_rand(g, s, torch.float32, device) for s in shapes]
+            steps = [torch.full((), 3.0, device=device) for _ in shapes]
+            copies = [p.to(copy_dtype) for p in params] if copy_dtype else []
+            inf = None if found_inf is None else torch.tensor(found_inf, device=device)
+            args = (params, grads, exp_avgs, exp_avg_sqs, steps, torch.tensor(1e-2, device=device), 0.9, 0.999, inf, copies)
+            yield f"found_inf={found_inf}-copies={copy_dtype}", args
 
 
 @dataclass(frozen=True)
@@ -272,7 +274,7 @@ def test_opcheck(backend, device, name, dtype, requires_grad):
 
 # ---- fused_adam_'s declared mutation -------------------------------------------------------------
 
-ADAM_MUTATES = {"params", "exp_avgs", "exp_avg_sqs", "steps"}
+ADAM_MUTATES = {"params", "exp_avgs", "exp_avg_sqs", "steps", "copies"}
 
 
 def test_fused_adam_declares_exactly_the_arguments_it_writes():
@@ -286,8 +288,10 @@ def test_fused_adam_declares_exactly_the_arguments_it_writes():
         before = {n: _clone(v) for n, v in zip(names, args)}
         fused_adam_(*args)
         changed = {n for n, v in zip(names, args) if not _equal(before[n], v)}
-        skipped = args[-1] is not None and args[-1].item() != 0
-        assert changed == (set() if skipped else ADAM_MUTATES), (args[-1], changed)
+        found_inf, copies = args[-2:]
+        skipped = found_inf is not None and found_inf.item() != 0
+        assert changed == (set() if skipped else ADAM_MUTATES - ({"copies"} if not copies else set())), (found_inf, changed)
+        assert all(torch.equal(c, p.to(c.dtype)) for c, p in zip(copies, args[0]))  # each copy is its parameter, cast
 
 
 def _clone(v):
@@ -318,12 +322,13 @@ def _adam_undeclared_steps(
     beta1: float,
     beta2: float,
     found_inf: torch.Tensor | None,
+    copies: list[torch.Tensor],
 ) -> None:
-    torch.ops.fastgen.fused_adam_(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, found_inf)
+    torch.ops.fastgen.fused_adam_(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, found_inf, copies)
 
 
 @_adam_undeclared_steps.register_fake
-def _(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, found_inf) -> None:
+def _(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, found_inf, copies) -> None:
     return None
 
 
@@ -344,7 +349,7 @@ def test_fused_adam_on_several_parameters_matches_torch_adam():
     reference = torch.optim.Adam(theirs, lr=3e-2, betas=(0.5, 0.999), eps=1e-8)
     for _ in range(3):
         grads = [torch.randn(s, generator=gen) for s in shapes]
-        fused_adam_(ours, grads, exp_avgs, exp_avg_sqs, steps, torch.tensor(3e-2), 0.5, 0.999, None)
+        fused_adam_(ours, grads, exp_avgs, exp_avg_sqs, steps, torch.tensor(3e-2), 0.5, 0.999, None, [])
         for p, g in zip(theirs, grads):
             p.grad = g.clone()
         reference.step()

@@ -53,15 +53,18 @@ def test_resume_extends_a_finished_run(mnist, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "compiled"])
 @pytest.mark.parametrize("model", ["gan", "vae"])
-def test_resume_at_an_epoch_boundary_is_bit_identical(mnist, tmp_path, model, compile):
+def test_resume_at_an_epoch_boundary_is_bit_identical(mnist, tmp_path, monkeypatch, model, compile, amp):
     # fastgen.compare trains to epoch 10, then continues the same run to 50 and 200 this way, with the
-    # default (compiled) step.
-    small = dict(model=model, max_steps=None, train_images=320, batch_size=32, compile=compile)
+    # default (compiled) step. With --amp the bf16 working copies are derived again from the restored masters.
+    monkeypatch.setattr("fastgen.training.run.cpu_has_fast_bf16", lambda: True)  # bf16 on any CPU (slow without it)
+    small = dict(model=model, max_steps=None, train_images=320, batch_size=32, compile=compile, amp=amp)
     fastgen.train(_config(mnist, tmp_path / "straight", epochs=3, **small))
     fastgen.train(_config(mnist, tmp_path / "cut", epochs=1, **small))
-    fastgen.train(fastgen.TrainConfig(resume=str(tmp_path / "cut"), epochs=3, quiet=True))
+    summary = fastgen.train(fastgen.TrainConfig(resume=str(tmp_path / "cut"), epochs=3, quiet=True))
+    assert summary["amp_dtype"] == ("bfloat16" if amp else None)
     a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -79,6 +79,11 @@ SCHEMAS = {
     "-> Tensor",
     "fused_reparameterize": "(Tensor mu, Tensor logvar, Tensor? eps, Tensor key) -> Tensor",
     "fused_bce_kl_loss": "(Tensor logits, Tensor target, Tensor mu, Tensor logvar) -> Tensor",
+    # Adam on float32 parameters from float32 or bfloat16 gradients in one pass over all of them, each step
+    # counted up first; in the same pass each parameter's bfloat16 copy rewritten from its updated value and its
+    # moving average moved towards it (average = lerp(average, param, average_weight)), where given.
+    "adam_": "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] steps, "
+    "Tensor lr, float beta1, float beta2, float eps, Tensor(e!)[] copies, Tensor(f!)[] averages, Tensor? average_weight) -> ()",
 }
 
 _library = torch.library.Library(NAMESPACE, "DEF")
@@ -135,6 +140,11 @@ def _(logits, target, mu, logvar):
 @_fake("bce_kl_loss_backward")
 def _(grad_loss, logits, target, mu, logvar):
     return logits.new_empty(logits.shape), mu.new_empty(mu.shape), logvar.new_empty(logvar.shape)
+
+
+@_fake("adam_")
+def _(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, eps, copies, averages, average_weight):
+    return None
 
 
 @_fake("fused_linear_leaky_relu_dropout")

@@ -149,6 +149,8 @@ def restore(trainer, checkpoint: Checkpoint, replica: int | None = None) -> None
             if replica and value.dim() == 0 and not torch.equal(target, value.to(target.device)):
                 raise FastgenError(f"the group's checkpoints disagree on {key}: they are not of one group step")
             target.copy_(value)
+        for optimizer in trainer.optimizers.values():  # mixed precision: the working copies follow their masters
+            optimizer.refresh_working()
 
 
 def restore_rng(checkpoint: Checkpoint) -> None:

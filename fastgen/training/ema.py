@@ -25,10 +25,17 @@ class EMA:
         self.updates = torch.zeros((), dtype=torch.float32, device=self.params[0].device)  # a tensor: no recompiles
 
     @torch.no_grad()
-    def update(self) -> None:
+    def next_weight(self) -> torch.Tensor:
+        """This update's lerp weight, 1 - min(decay, (1 + t) / (10 + t)), counting the update (a kernel that
+        moves the shadows itself, Adam's native one, takes it)."""
         decay = torch.clamp((1 + self.updates) / (10 + self.updates), max=self.decay)
         self.updates += 1
-        torch._foreach_lerp_(self.shadows, [p.detach() for p in self.params], [1 - decay] * len(self.shadows))
+        return 1 - decay
+
+    @torch.no_grad()
+    def update(self) -> None:
+        weight = self.next_weight()
+        torch._foreach_lerp_(self.shadows, [p.detach() for p in self.params], [weight] * len(self.shadows))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The averaged parameters by their file names, and the update count (the tensors themselves: a

@@ -75,14 +75,37 @@ def _total(loss: torch.Tensor) -> torch.Tensor:
     return loss if loss.dim() == 0 else loss.sum()
 
 
-def apply_update(loss: torch.Tensor, params, optimizer: StepAdam, scaler: DeviceLossScaler | None, reduce_grads=None) -> None:
-    """Gradients of `loss` for `params` only (autograd skips everything else), averaged across ranks by
-    `reduce_grads` under torchrun, then one Adam update."""
+def apply_update(loss: torch.Tensor, optimizer: StepAdam, scaler: DeviceLossScaler | None, reduce_grads=None) -> None:
+    """Gradients of `loss` for the optimizer's inputs only (autograd skips everything else), averaged across
+    ranks by `reduce_grads` under torchrun (in float32, as the masters), then one Adam update."""
     if scaler is None:
-        grads = torch.autograd.grad(loss, params)
-        optimizer.step(grads if reduce_grads is None else reduce_grads(grads))
+        grads = torch.autograd.grad(loss, optimizer.inputs)
+        optimizer.step(grads if reduce_grads is None else reduce_grads([g.float() for g in grads]))
     else:
-        optimizer.step(*scaler.grads(loss, params, reduce_grads))
+        optimizer.step(*scaler.grads(loss, optimizer.inputs, reduce_grads))
+
+
+def weights(module: torch.nn.Module, optimizer: StepAdam) -> dict[str, torch.Tensor] | None:
+    """The optimizer's working copies of `module`'s parameters by name (mixed precision), or None: its own."""
+    if not optimizer.working:
+        return None
+    return dict(zip((name for name, _ in module.named_parameters()), optimizer.working, strict=True))
+
+
+def call(module: torch.nn.Module, module_weights: dict[str, torch.Tensor] | None, *args):
+    """`module(*args)`, with `module_weights` in place of its parameters when given (its buffers stay its own)."""
+    return module(*args) if module_weights is None else functional_call(module, module_weights, args)
+
+
+class _VAELoss(torch.nn.Module):
+    """The VAE's loss as a module's forward, so that `call` can run it on the working copies."""
+
+    def __init__(self, vae: torch.nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor):
+        return self.vae.loss(x)
 
 
 def autocast_factory(device: torch.device, amp_dtype: torch.dtype | None):
@@ -93,9 +116,13 @@ def autocast_factory(device: torch.device, amp_dtype: torch.dtype | None):
 
 
 def _optimizer(params, config, device: torch.device, amp_dtype) -> tuple[StepAdam, DeviceLossScaler | None]:
-    """Adam for `params`, and a loss scaler for fp16 (whose `found_inf` needs the fused update)."""
+    """Adam for `params` (keeping working copies in `amp_dtype` under mixed precision; on the CPU the native
+    update unless --kernels eager asks for plain PyTorch), and a loss scaler for fp16 (whose `found_inf` needs
+    the fused update)."""
     fp16 = amp_dtype == torch.float16
-    return (StepAdam(params, config.lr, config.betas, device, True if fp16 else None), DeviceLossScaler(device) if fp16 else None)
+    native = config.kernels != "eager"
+    adam = StepAdam(params, config.lr, config.betas, device, True if fp16 else None, working_dtype=amp_dtype, native=native)
+    return adam, DeviceLossScaler(device) if fp16 else None
 
 
 def _grid_noise(latent_dim: int, seeds: list[int], device: torch.device) -> torch.Tensor:
@@ -130,12 +157,15 @@ class GANTrainer:
         self.opt_g, self.scaler_g = _optimizer(self.g_params, config, device, amp_dtype)
         self.opt_d, self.scaler_d = _optimizer(self.d_params, config, device, amp_dtype)
         self.optimizers = {"generator": self.opt_g, "discriminator": self.opt_d}
+        self.g_weights, self.d_weights = weights(self.generator, self.opt_g), weights(self.discriminator, self.opt_d)
         self.scalers = {"generator": self.scaler_g, "discriminator": self.scaler_d}
         self.autocast = autocast_factory(device, amp_dtype)
         self.device = device
         self.reduce_grads = None
         self.grid_noise = _grid_noise(Generator.latent_dim, self.seeds, device)
         self.ema = EMA({"generator": self.generator}, config.ema) if config.ema else None  # D's average has no use
+        if self.ema is not None:
+            self.opt_g.keep_average(self.ema)  # updated with G's step, in the same pass where Adam's kernel can
 
     def latent_noise(self, batch_size: int) -> torch.Tensor:
         """This step's z ~ N(0, I), (B, 100) or (S, B, 100): Philox draws keyed by (seed, step) like the dropout
@@ -148,23 +178,22 @@ class GANTrainer:
         on the device ((S, 4) for a group)."""
         B = real.shape[-2]
         with self.autocast():
-            fake = self.generator(self.latent_noise(B)).reshape(real.shape)
+            fake = call(self.generator, self.g_weights, self.latent_noise(B)).reshape(real.shape)
             # Real and fake in one discriminator pass: one set of larger matmuls instead of two.
-            logits = self.discriminator(torch.cat([real, fake.detach().to(real.dtype)], dim=-2)).float()
+            logits = call(self.discriminator, self.d_weights, torch.cat([real, fake.detach().to(real.dtype)], dim=-2)).float()
             real_logits, fake_logits = logits[..., :B], logits[..., B:]
             # BCE-with-logits against 1 / 0 is softplus(-l) / softplus(l).
             d_loss = F.softplus(-real_logits).mean(-1) + F.softplus(fake_logits).mean(-1)
-        apply_update(_total(d_loss), self.d_params, self.opt_d, self.scaler_d, self.reduce_grads)
+        apply_update(_total(d_loss), self.opt_d, self.scaler_d, self.reduce_grads)
 
         with self.autocast():
             # D with detached weights: gradients flow to G through D's activations only. (A custom op's
             # backward sees which inputs need gradients as they were at forward time, so with D's own
             # parameters it would compute D's weight gradients here and throw them away.)
-            d_frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
+            d_weights = self.d_weights or dict(self.discriminator.named_parameters())
+            d_frozen = {name: p.detach() for name, p in d_weights.items()}
             g_loss = F.softplus(-functional_call(self.discriminator, d_frozen, (fake,)).float()).mean(-1)
-        apply_update(_total(g_loss), self.g_params, self.opt_g, self.scaler_g, self.reduce_grads)
-        if self.ema is not None:
-            self.ema.update()
+        apply_update(_total(g_loss), self.opt_g, self.scaler_g, self.reduce_grads)
         return torch.stack(
             [
                 d_loss.detach(),
@@ -207,6 +236,7 @@ class VAETrainer:
         self.params = list(self.vae.parameters())
         self.opt, self.scaler = _optimizer(self.params, config, device, amp_dtype)
         self.optimizers = {"vae": self.opt}
+        self.vae_loss, self.loss_weights = _VAELoss(self.vae), weights(_VAELoss(self.vae), self.opt)
         self.scalers = {"vae": self.scaler}
         self.autocast = autocast_factory(device, amp_dtype)
         self.device = device
@@ -214,15 +244,15 @@ class VAETrainer:
         self.test_split = test_split
         self.grid_noise = _grid_noise(VAE.latent_dim, self.seeds, device)
         self.ema = EMA({"vae": self.vae}, config.ema) if config.ema else None
+        if self.ema is not None:
+            self.opt.keep_average(self.ema)
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 784) in [0, 1] ((S, B, 784) for a group). Returns (loss, bce, kl) per image on the device ((S, 3)
         for a group)."""
         with self.autocast():
-            loss, bce, kl = self.vae.loss(x)
-        apply_update(_total(loss), self.params, self.opt, self.scaler, self.reduce_grads)
-        if self.ema is not None:
-            self.ema.update()
+            loss, bce, kl = call(self.vae_loss, self.loss_weights, x)
+        apply_update(_total(loss), self.opt, self.scaler, self.reduce_grads)
         return torch.stack([loss.detach(), bce, kl], dim=-1)
 
     def train(self, mode: bool = True) -> None:

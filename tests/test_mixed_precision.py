@@ -1,0 +1,158 @@
+"""Mixed precision (`--amp`): float32 master weights, working copies that the step's forward and backward use (so
+no weight is cast inside the step), written by the optimizer's update; the step computes what autocast over the
+float32 weights computed, resumes exactly and leaves fp16's skipped steps alone.
+
+bf16 runs on any CPU (slowly where it has no bf16 instructions), so these tests run everywhere.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from fastgen.config import TrainConfig
+from fastgen.ops import native
+from fastgen.training import checkpoint as run_state
+from fastgen.training.compiled_step import build_step
+from fastgen.training.ema import EMA
+from fastgen.training.optim import DeviceLossScaler, StepAdam
+from fastgen.training.trainers import TRAINERS
+
+BATCH = 16
+CPU = torch.device("cpu")
+
+
+def _trainer(model: str, kernels: str = "auto", working_copies: bool = True, native_adam: bool = True):
+    """A bf16 trainer; `working_copies=False` puts it back on autocast over the float32 weights (what --amp did
+    before the copies), `native_adam=False` on torch's fused Adam plus a cast of the copies."""
+    torch.manual_seed(0)
+    trainer = TRAINERS[model](TrainConfig(model=model, kernels=kernels).resolved(), CPU, torch.bfloat16)
+    for optimizer in trainer.optimizers.values():
+        optimizer.native &= native_adam
+        if not working_copies:
+            optimizer.working, optimizer.native = [], False
+    if not working_copies:
+        trainer.g_weights = trainer.d_weights = trainer.loss_weights = None
+    return trainer
+
+
+def _batches(model: str, n: int = 4) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    low = -1.0 if model == "gan" else 0.0
+    return [torch.rand(BATCH, 784, generator=g) * (1 - low) + low for _ in range(n)]
+
+
+def _state(trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in run_state.trainer_tensors(trainer).items()}
+
+
+def _copies_are_the_masters_cast(trainer) -> bool:
+    return all(
+        torch.equal(c, p.detach().to(c.dtype)) for opt in trainer.optimizers.values() for c, p in zip(opt.working, opt.params)
+    )
+
+
+class Casts(TorchDispatchMode):
+    """The input shapes of every dtype cast (aten._to_copy) run inside the mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._to_copy.default:
+            self.shapes.append(tuple(args[0].shape))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("model", ["gan", "vae"])
+def test_no_weight_is_cast_inside_the_step(model):
+    def weight_casts(trainer):
+        weight_shapes = {tuple(p.shape) for opt in trainer.optimizers.values() for p in opt.params if p.dim() == 2}
+        with Casts() as seen:
+            trainer.step(_batches(model)[0])
+        return [shape for shape in seen.shapes if shape in weight_shapes]
+
+    assert weight_casts(_trainer(model)) == []
+    assert weight_casts(_trainer(model, working_copies=False)), "autocast over float32 weights casts them: the check sees casts"
+
+
+@pytest.mark.parametrize("kernels", ["auto", "eager"])
+@pytest.mark.parametrize("model", ["gan", "vae"])
+def test_the_step_computes_what_autocast_over_float32_weights_computed(model, kernels):
+    """With torch's Adam the same bits as before the copies: weights, Adam's state, the moving average, the metrics.
+    The native update agrees within float32 rounding: it rounds as torch's kernel does, except in the elements that
+    torch's scalar remainder loop updates in double (tests/test_native_adam.py)."""
+    before, torch_adam = _trainer(model, kernels, working_copies=False), _trainer(model, kernels, native_adam=False)
+    native_adam = _trainer(model, kernels)
+    for x in _batches(model):
+        metrics = [t.step(x) for t in (before, torch_adam, native_adam)]
+        assert torch.equal(metrics[0], metrics[1])
+        torch.testing.assert_close(metrics[2], metrics[0], rtol=1e-3, atol=1e-4)
+    expected, ours, fused = _state(before), _state(torch_adam), _state(native_adam)
+    assert ours.keys() == expected.keys() and all(torch.equal(ours[k], expected[k]) for k in expected)
+    for name in expected:
+        torch.testing.assert_close(fused[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert _copies_are_the_masters_cast(torch_adam) and _copies_are_the_masters_cast(native_adam)
+    # The native kernel runs where it can, and only there: on the CPU's native kernels, not under --kernels eager.
+    assert all(opt.native == (kernels == "auto" and native.available()) for opt in native_adam.optimizers.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["gan", "vae"])
+def test_the_compiled_step_computes_what_compiled_autocast_computed(model):
+    """As above, under torch.compile. (Compiled and eager bf16 steps differ from each other by bf16 rounding
+    already, with or without the copies: Inductor keeps some intermediates in float32.)"""
+    trainers = [_trainer(model, working_copies=False), _trainer(model, native_adam=False), _trainer(model)]
+    steps = [build_step(t.step, CPU, True, False, pytest.fail) for t in trainers]
+    for x in _batches(model):
+        metrics = [step(x) for step in steps]
+        assert torch.equal(metrics[0], metrics[1])
+    expected, ours, fused = (_state(t) for t in trainers)
+    assert all(torch.equal(ours[k], expected[k]) for k in expected)
+    for name in expected:
+        torch.testing.assert_close(fused[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert _copies_are_the_masters_cast(trainers[1]) and _copies_are_the_masters_cast(trainers[2])
+
+
+@pytest.mark.parametrize("model", ["gan", "vae"])
+def test_a_restored_checkpoint_rewrites_the_copies(model):
+    trained, fresh = _trainer(model), _trainer(model)
+    for x in _batches(model):
+        trained.step(x)
+    saved = run_state.Checkpoint(_state(trained), {"model": model}, [], run_state.Position(epoch=1, step_in_epoch=4, step=4))
+    run_state.restore(fresh, saved)
+    assert _copies_are_the_masters_cast(fresh)
+    x = _batches(model)[0]
+    assert torch.equal(fresh.step(x), trained.step(x))
+
+
+@pytest.mark.parametrize("found_inf", [0.0, 1.0])
+def test_fp16_copies_follow_a_step_and_stay_through_a_skipped_one(found_inf):
+    """fp16 with loss scaling (a CUDA setting; its kernels run on the CPU too): a skipped step leaves the masters,
+    and so the copies, unchanged."""
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(5, 3))
+    adam = StepAdam([weight], 1e-2, (0.5, 0.999), CPU, fused=True, working_dtype=torch.float16)
+    before = weight.detach().clone()
+    grads = [torch.randn(5, 3).half()]
+    adam.step(grads, torch.tensor(found_inf))
+    assert torch.equal(weight, before) == bool(found_inf)
+    assert torch.equal(adam.working[0], weight.detach().half())
+
+
+def test_fp16_gradients_are_unscaled_in_float32():
+    """A gradient that fp16 holds only scaled (here 2^-20 of the loss's, scaled by 2^16) survives the unscale."""
+    working = torch.ones(3, dtype=torch.float16, requires_grad=True)
+    scaler = DeviceLossScaler(CPU)
+    grads, found_inf = scaler.grads((working.float() * 2.0**-20).sum(), [working])
+    assert grads[0].dtype == torch.float32 and found_inf.item() == 0
+    assert torch.equal(grads[0], torch.full((3,), 2.0**-20))
+
+
+def test_moving_average_must_cover_the_optimizer_parameters():
+    layer = torch.nn.Linear(3, 2)
+    adam = StepAdam(layer.parameters(), 1e-3, (0.5, 0.999), CPU)
+    with pytest.raises(ValueError, match="exactly the optimizer's parameters"):
+        adam.keep_average(EMA({"other": torch.nn.Linear(3, 2)}, 0.9))
