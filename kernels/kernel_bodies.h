@@ -32,62 +32,96 @@ inline typename V::F normal_lanes(const PhiloxSchedule& s, uint64_t first) {
   return V::mul(radius, cos_v<V>(theta));
 }
 
+// bfloat16 bits (zero-extended into lanes) as float32: the high half of the float's bits.
+template <class V>
+inline typename V::F bf16_to_float(typename V::U bits) {
+  return V::as_f(V::template ushl<16>(bits));
+}
+
+// float32 to bfloat16 bits, rounded to nearest even; NaN to the quiet NaN 0x7FC0 (torch's conversion).
+template <class V>
+inline typename V::U float_to_bf16(typename V::F x) {
+  using U = typename V::U;
+  const U bits = V::as_u(x);
+  const U lsb = V::uand(V::template ushr<16>(bits), V::uset1(1));
+  const U rounded = V::template ushr<16>(V::uadd(bits, V::uadd(lsb, V::uset1(0x7FFF))));
+  return V::uselect(V::isnan(x), V::uset1(0x7FC0), rounded);
+}
+
+// Element storage of the row kernels: float32, or bfloat16 bits as uint16_t (computed in float32, rounded once).
+template <class V>
+inline typename V::F load(const float* p, int n) {
+  return V::loadn(p, n);
+}
+template <class V>
+inline typename V::F load(const uint16_t* p, int n) {
+  return bf16_to_float<V>(V::load_u16n(p, n));
+}
+template <class V>
+inline void store(float* p, typename V::F v, int n) {
+  V::storen(p, v, n);
+}
+template <class V>
+inline void store(uint16_t* p, typename V::F v, int n) {
+  V::store_u16n(p, float_to_bf16<V>(v), n);
+}
+
 // ---- linear_leaky_relu_dropout: the epilogue and its backward ----------------------------------------
 
-template <class V, bool kBias, bool kDropout>
-void leaky_relu_dropout_rows(const float* pre, const float* bias, float* out, int64_t row_begin, int64_t row_end,
-                             int64_t cols, float negative_slope, float p, PhiloxKey key) {
+template <class V, bool kBias, bool kDropout, class T>
+void leaky_relu_dropout_rows(const T* pre, const T* bias, T* out, int64_t row_begin, int64_t row_end, int64_t cols,
+                             float negative_slope, float p, PhiloxKey key) {
   using F = typename V::F;
   const PhiloxSchedule schedule(key);
   const F zero = V::set1(0.0f), slope = V::set1(negative_slope), p_v = V::set1(p), keep_prob = V::set1(1.0f - p);
   for (int64_t r = row_begin; r < row_end; ++r) {
-    const float* in = pre + r * cols;
-    float* o = out + r * cols;
+    const T* in = pre + r * cols;
+    T* o = out + r * cols;
     const uint64_t first = static_cast<uint64_t>(r) * static_cast<uint64_t>(cols);
     for (int64_t c = 0; c < cols; c += V::W) {
       const int n = lanes_left<V>(c, cols);
-      F a = V::loadn(in + c, n);
-      if constexpr (kBias) a = V::add(a, V::loadn(bias + c, n));
+      F a = load<V>(in + c, n);
+      if constexpr (kBias) a = V::add(a, load<V>(bias + c, n));
       F y = V::select(V::gt(a, zero), a, V::mul(a, slope));
       if constexpr (kDropout) {
         y = V::select(keep_lanes<V>(schedule, first + static_cast<uint64_t>(c), p_v), V::div(y, keep_prob), zero);
       }
-      V::storen(o + c, y, n);
+      store<V>(o + c, y, n);
     }
   }
 }
 
-template <class V>
-void leaky_relu_dropout(const float* pre, const float* bias, float* out, int64_t row_begin, int64_t row_end,
-                        int64_t cols, float negative_slope, float p, PhiloxKey key) {
+template <class V, class T>
+void leaky_relu_dropout(const T* pre, const T* bias, T* out, int64_t row_begin, int64_t row_end, int64_t cols,
+                        float negative_slope, float p, PhiloxKey key) {
   const bool dropout = p > 0.0f;
-  auto kernel = bias ? (dropout ? leaky_relu_dropout_rows<V, true, true> : leaky_relu_dropout_rows<V, true, false>)
-                     : (dropout ? leaky_relu_dropout_rows<V, false, true> : leaky_relu_dropout_rows<V, false, false>);
+  auto kernel = bias ? (dropout ? leaky_relu_dropout_rows<V, true, true, T> : leaky_relu_dropout_rows<V, true, false, T>)
+                     : (dropout ? leaky_relu_dropout_rows<V, false, true, T> : leaky_relu_dropout_rows<V, false, false, T>);
   kernel(pre, bias, out, row_begin, row_end, cols, negative_slope, p, key);
 }
 
-template <class V, bool kDropout>
-void grad_pre_range(const float* grad_y, const float* y, float* grad_pre, int64_t begin, int64_t end,
-                    float negative_slope, float p, PhiloxKey key) {
+template <class V, bool kDropout, class T>
+void grad_pre_range(const T* grad_y, const T* y, T* grad_pre, int64_t begin, int64_t end, float negative_slope, float p,
+                    PhiloxKey key) {
   using F = typename V::F;
   const PhiloxSchedule schedule(key);
   const F zero = V::set1(0.0f), one = V::set1(1.0f), slope = V::set1(negative_slope), p_v = V::set1(p),
           keep_prob = V::set1(1.0f - p);
   for (int64_t i = begin; i < end; i += V::W) {
     const int n = lanes_left<V>(i, end);
-    F d = V::select(V::gt(V::loadn(y + i, n), zero), one, slope);
+    F d = V::select(V::gt(load<V>(y + i, n), zero), one, slope);
     if constexpr (kDropout) {
       d = V::select(keep_lanes<V>(schedule, static_cast<uint64_t>(i), p_v), V::div(d, keep_prob), zero);
     }
-    V::storen(grad_pre + i, V::mul(V::loadn(grad_y + i, n), d), n);
+    store<V>(grad_pre + i, V::mul(load<V>(grad_y + i, n), d), n);
   }
 }
 
-template <class V>
-void leaky_relu_dropout_grad_pre(const float* grad_y, const float* y, float* grad_pre, int64_t begin, int64_t end,
+template <class V, class T>
+void leaky_relu_dropout_grad_pre(const T* grad_y, const T* y, T* grad_pre, int64_t begin, int64_t end,
                                  float negative_slope, float p, PhiloxKey key) {
-  (p > 0.0f ? grad_pre_range<V, true> : grad_pre_range<V, false>)(grad_y, y, grad_pre, begin, end, negative_slope, p,
-                                                                   key);
+  (p > 0.0f ? grad_pre_range<V, true, T> : grad_pre_range<V, false, T>)(grad_y, y, grad_pre, begin, end, negative_slope,
+                                                                         p, key);
 }
 
 // ---- the draws themselves -----------------------------------------------------------------------------
@@ -210,23 +244,7 @@ void bce_kl_loss_backward(const float* grad_loss, const float* logits, const flo
   }
 }
 
-// ---- Adam, reading bfloat16 gradients and writing a bfloat16 copy of the parameter in the same pass -------
-
-// bfloat16 bits (zero-extended into lanes) as float32: the high half of the float's bits.
-template <class V>
-inline typename V::F bf16_to_float(typename V::U bits) {
-  return V::as_f(V::template ushl<16>(bits));
-}
-
-// float32 to bfloat16 bits, rounded to nearest even; NaN to the quiet NaN 0x7FC0 (torch's conversion).
-template <class V>
-inline typename V::U float_to_bf16(typename V::F x) {
-  using U = typename V::U;
-  const U bits = V::as_u(x);
-  const U lsb = V::uand(V::template ushr<16>(bits), V::uset1(1));
-  const U rounded = V::template ushr<16>(V::uadd(bits, V::uadd(lsb, V::uset1(0x7FFF))));
-  return V::uselect(V::isnan(x), V::uset1(0x7FC0), rounded);
-}
+// ---- Adam, reading bfloat16 gradients and writing a bfloat16 copy of the parameter in the same pass ----
 
 // torch's lerp(a, b, w) on lanes: a + w (b - a) for |w| < 0.5, else b + (w - 1)(b - a), one fused multiply-add.
 struct LerpWeight {
@@ -249,8 +267,8 @@ void adam_range(const AdamTensors& t, int64_t begin, int64_t end, const AdamCons
           bc2_sqrt = V::set1(c.bias_correction2_sqrt), eps = V::set1(c.eps);
   for (int64_t i = begin; i < end; i += V::W) {
     const int n = lanes_left<V>(i, end);
-    const F g = kBf16Grad ? bf16_to_float<V>(V::load_u16n(static_cast<const uint16_t*>(t.grad) + i, n))
-                          : V::loadn(static_cast<const float*>(t.grad) + i, n);
+    const F g = kBf16Grad ? load<V>(static_cast<const uint16_t*>(t.grad) + i, n)
+                          : load<V>(static_cast<const float*>(t.grad) + i, n);
     const F m = lerp_lanes<V>(V::loadn(t.exp_avg + i, n), g, moment_weight, moment_coefficient);
     // (1 - beta2) g * g + beta2 v with one rounding, as torch's kernel computes it.
     const F v = V::fma(V::mul(g, grad_weight2), g, V::mul(V::loadn(t.exp_avg_sq + i, n), beta2));
@@ -259,7 +277,7 @@ void adam_range(const AdamTensors& t, int64_t begin, int64_t end, const AdamCons
     const F denom = V::add(V::div(V::sqrt(v), bc2_sqrt), eps);
     const F p = V::sub(V::loadn(t.param + i, n), V::div(V::mul(step_size, m), denom));
     V::storen(t.param + i, p, n);
-    if constexpr (kCopy) V::store_u16n(t.copy + i, float_to_bf16<V>(p), n);
+    if constexpr (kCopy) store<V>(t.copy + i, p, n);
     if constexpr (kAverage) {
       V::storen(t.average + i, lerp_lanes<V>(V::loadn(t.average + i, n), p, average_weight, average_coefficient), n);
     }
@@ -281,8 +299,10 @@ void adam(const AdamTensors& t, int64_t begin, int64_t end, const AdamConstants&
 template <class V>
 constexpr KernelTable make_table(const char* name) {
   return KernelTable{name,
-                     &leaky_relu_dropout<V>,
-                     &leaky_relu_dropout_grad_pre<V>,
+                     &leaky_relu_dropout<V, float>,
+                     &leaky_relu_dropout_grad_pre<V, float>,
+                     &leaky_relu_dropout<V, uint16_t>,
+                     &leaky_relu_dropout_grad_pre<V, uint16_t>,
                      &keep_mask<V>,
                      &normal<V>,
                      &reparameterize<V>,

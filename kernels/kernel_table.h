@@ -46,6 +46,11 @@ struct KernelTable {
   // grad_pre[i] = grad_y[i] * (y[i] > 0 ? 1 : slope) * (keep(i) ? 1 / (1 - p) : 0) for i in [begin, end).
   void (*leaky_relu_dropout_grad_pre)(const float* grad_y, const float* y, float* grad_pre, int64_t begin, int64_t end,
                                       float negative_slope, float p, PhiloxKey key);
+  // The same two on bfloat16 bits (uint16_t) in and out: computed in float32, each result rounded once.
+  void (*leaky_relu_dropout_bf16)(const uint16_t* pre, const uint16_t* bias, uint16_t* out, int64_t row_begin,
+                                  int64_t row_end, int64_t cols, float negative_slope, float p, PhiloxKey key);
+  void (*leaky_relu_dropout_grad_pre_bf16)(const uint16_t* grad_y, const uint16_t* y, uint16_t* grad_pre, int64_t begin,
+                                           int64_t end, float negative_slope, float p, PhiloxKey key);
   // out[i] = keep(i) (1 or 0) for i in [begin, end).
   void (*keep_mask)(uint8_t* out, int64_t begin, int64_t end, float p, PhiloxKey key);
   // out[i] = the standard-normal draw of element i.

@@ -6,6 +6,7 @@
 //
 // Inputs may be float32, float16 or bfloat16 and any layout: they are converted to contiguous float32
 // (a no-op for contiguous float32), computed in float32 and the result rounded once to the input's dtype.
+// The linear epilogue and its backward read and write contiguous bfloat16 as it is (the same numbers, no copies).
 // Random draws follow element index = flat index of the contiguous output, as in the Triton kernels.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -124,6 +125,29 @@ void run_leaky_relu_dropout(const at::Tensor& pre32, const std::optional<at::Ten
   });
 }
 
+// bfloat16 bits of a tensor that the bf16 kernels read or write as it is (no conversion).
+const uint16_t* bf16_bits(const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.const_data_ptr<at::BFloat16>()); }
+
+bool is_plain_bf16(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 && t.is_contiguous(); }
+
+// The epilogue on contiguous bfloat16 `pre` and `bias` (or none) into `out` (which may be `pre`), no conversion.
+void run_leaky_relu_dropout_bf16(const at::Tensor& pre, const std::optional<at::Tensor>& bias, at::Tensor& out,
+                                 float slope, float p, PhiloxKey key) {
+  const int64_t cols = pre.dim() == 0 ? 1 : pre.size(-1);
+  if (pre.numel() == 0 || cols == 0) return;
+  const uint16_t *in = bf16_bits(pre), *b = bias.has_value() ? bf16_bits(*bias) : nullptr;
+  uint16_t* o = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  const int64_t grain = std::max<int64_t>(1, (p > 0.0f ? kRandomGrain : kPlainGrain) / cols);
+  const KernelTable& k = kernels();
+  at::parallel_for(0, pre.numel() / cols, grain, [&](int64_t begin, int64_t end) {
+    k.leaky_relu_dropout_bf16(in, b, o, begin, end, cols, slope, p, key);
+  });
+}
+
+bool bf16_epilogue(const at::Tensor& pre, const std::optional<at::Tensor>& bias) {
+  return is_plain_bf16(pre) && (!bias.has_value() || is_plain_bf16(*bias));
+}
+
 void check_epilogue_args(const at::Tensor& pre, const std::optional<at::Tensor>& bias, const char* op) {
   check_float(pre, op, "pre");
   TORCH_CHECK(pre.dim() >= 1, "fastgen_native::", op, ": pre must have at least one dimension");
@@ -140,6 +164,11 @@ at::Tensor leaky_relu_dropout(const at::Tensor& pre, const std::optional<at::Ten
   check_epilogue_args(pre, bias, op);
   const float slope = check_slope(negative_slope, op), p32 = check_p(p, op);
   const PhiloxKey k = read_key(key, op);
+  if (bf16_epilogue(pre, bias)) {
+    at::Tensor out = at::empty_like(pre);
+    run_leaky_relu_dropout_bf16(pre, bias, out, slope, p32, k);
+    return out;
+  }
   const at::Tensor pre32 = float32(pre);
   at::Tensor out = empty_float32(pre.sizes());
   run_leaky_relu_dropout(pre32, bias, out.data_ptr<float>(), slope, p32, k);
@@ -156,6 +185,10 @@ void leaky_relu_dropout_(at::Tensor& pre, const std::optional<at::Tensor>& bias,
     run_leaky_relu_dropout(pre, bias, pre.data_ptr<float>(), slope, p32, k);
     return;
   }
+  if (bf16_epilogue(pre, bias)) {
+    run_leaky_relu_dropout_bf16(pre, bias, pre, slope, p32, k);
+    return;
+  }
   const at::Tensor pre32 = float32(pre);
   at::Tensor out = empty_float32(pre.sizes());
   run_leaky_relu_dropout(pre32, bias, out.data_ptr<float>(), slope, p32, k);
@@ -170,12 +203,22 @@ at::Tensor leaky_relu_dropout_grad_pre(const at::Tensor& grad_y, const at::Tenso
   check_same_shape(grad_y, y, op, "grad_y", "y");
   const float slope = check_slope(negative_slope, op), p32 = check_p(p, op);
   const PhiloxKey k = read_key(key, op);
+  const int64_t grain = p32 > 0.0f ? kRandomGrain : kPlainGrain;
+  const KernelTable& t = kernels();
+  if (is_plain_bf16(grad_y) && is_plain_bf16(y)) {  // bfloat16 in and out, no conversion
+    at::Tensor out = at::empty_like(y);
+    const uint16_t *g = bf16_bits(grad_y), *yv = bf16_bits(y);
+    uint16_t* o = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+    for_elements(y.numel(), grain, [&](int64_t begin, int64_t end) {
+      t.leaky_relu_dropout_grad_pre_bf16(g, yv, o, begin, end, slope, p32, k);
+    });
+    return out;
+  }
   const at::Tensor g32 = float32(grad_y), y32 = float32(y);
   at::Tensor out = empty_float32(y.sizes());
   const float *g = g32.const_data_ptr<float>(), *yv = y32.const_data_ptr<float>();
   float* o = out.data_ptr<float>();
-  const KernelTable& t = kernels();
-  for_elements(y.numel(), p32 > 0.0f ? kRandomGrain : kPlainGrain, [&](int64_t begin, int64_t end) {
+  for_elements(y.numel(), grain, [&](int64_t begin, int64_t end) {
     t.leaky_relu_dropout_grad_pre(g, yv, o, begin, end, slope, p32, k);
   });
   return as_dtype(out, y.scalar_type());

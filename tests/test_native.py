@@ -414,6 +414,30 @@ def test_in_place_epilogue_writes_into_its_argument():
     assert torch.equal(strided, expected)
 
 
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_bf16_epilogue_and_backward_round_the_float32_result_once(p):
+    """Contiguous bfloat16 is read and written as it is (the mixed-precision step's case): every kernel table and
+    thread count gives what the float32 kernels give on the same values, rounded once, NaN and infinities included."""
+    g = torch.Generator().manual_seed(0)
+    pre, grad = (torch.randn(67, 1031, generator=g) * 4).bfloat16(), torch.randn(67, 1031, generator=g).bfloat16()
+    bias = torch.randn(1031, generator=g).bfloat16()
+    pre[0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    k = key(2**40 + 1, 3)
+    y32 = ops.leaky_relu_dropout(pre.float(), bias.float(), k, 0.2, p)
+    y = y32.bfloat16()
+    expected_grad = ops.leaky_relu_dropout_grad_pre(grad.float(), y.float(), k, 0.2, p).bfloat16()
+    for name in native.supported_isas():
+        for n in (1, 2):
+            with kernel_table(name), threads(n):
+                out, in_place = ops.leaky_relu_dropout(pre, bias, k, 0.2, p), pre.clone()
+                ops.leaky_relu_dropout_(in_place, bias, k, 0.2, p)
+                grad_pre = ops.leaky_relu_dropout_grad_pre(grad, y, k, 0.2, p)
+            for result in (out, in_place):
+                assert result.dtype == torch.bfloat16 and torch.equal(result.isnan(), y.isnan()), (name, n)
+                assert torch.equal(result.nan_to_num(), y.nan_to_num()), (name, n)
+            assert torch.equal(grad_pre, expected_grad), (name, n)
+
+
 @pytest.mark.parametrize(
     "call, needle",
     [

@@ -7,6 +7,7 @@ and training goes on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -21,8 +22,28 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
 
 
+@contextlib.contextmanager
+def _autograd_ops_traced():
+    """Dynamo traces the step's torch.autograd.grad calls only with this switch on. Set and restored directly:
+    `torch._dynamo.config.patch` costs about 75 us a call (measured on the CPU), a step's worth of kernels."""
+    config = torch._dynamo.config
+    previous = config.trace_autograd_ops
+    config.trace_autograd_ops = True
+    try:
+        yield
+    finally:
+        config.trace_autograd_ops = previous
+
+
 class CompiledStep:
-    """torch.compile of the step with no graph break allowed; eager again if compilation fails."""
+    """torch.compile of the step with no graph break allowed; eager again if compilation fails.
+
+    Once the step has been compiled, its calls skip Dynamo's guards (`skip_guard_eval_unsafe`; with one
+    compiled graph none are evaluated, after a recompilation only those that tell the graphs apart): the step
+    is called with one batch shape, in training mode, on tensors that keep their shapes, dtypes and addresses,
+    the contract a CUDA-graph replay already holds it to. Its 1,500 guards cost about 0.25 ms a step on the CPU
+    (measured), a tenth of the bf16 VAE step.
+    """
 
     def __init__(self, step: Step, notice: Callable[[str], None], cpu: bool = False):
         self.eager = step
@@ -33,15 +54,18 @@ class CompiledStep:
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         self.notice = notice
         self.active = True
+        self.compiled_once = False
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.active:
             return self.eager(x)
         try:
-            # Dynamo traces the step's torch.autograd.grad calls only with this switch on (a torch without
-            # the switch fails here and trains eagerly, like any other compile failure).
-            with torch._dynamo.config.patch(trace_autograd_ops=True):
-                return self.compiled(x)
+            # A torch without the autograd switch fails here and trains eagerly, like any other compile failure.
+            stance = torch.compiler.set_stance(skip_guard_eval_unsafe=True) if self.compiled_once else contextlib.nullcontext()
+            with _autograd_ops_traced(), stance:
+                out = self.compiled(x)
+            self.compiled_once = True
+            return out
         except Exception as exc:  # compiler missing, unsupported op, ...: never lose the run
             self.active = False
             self.notice(f"torch.compile failed ({_describe(exc)}); training continues without compilation")
