@@ -188,18 +188,18 @@ void reparameterize_grad_logvar(const float* grad_z, const float* logvar, const 
 
 // ---- bce_kl_loss --------------------------------------------------------------------------------------
 
-template <class V>
-void bce_kl_loss(const float* logits, const float* target, const float* mu, const float* logvar, float* loss,
+template <class V, class T>
+void bce_kl_loss(const T* logits, const float* target, const float* mu, const float* logvar, float* loss,
                  int64_t row_begin, int64_t row_end, int64_t D, int64_t L) {
   using F = typename V::F;
   const F zero = V::set1(0.0f), one = V::set1(1.0f), minus_half = V::set1(-0.5f);
   for (int64_t r = row_begin; r < row_end; ++r) {
-    const float* x_row = logits + r * D;
+    const T* x_row = logits + r * D;
     const float* t_row = target + r * D;
     F bce_sum = zero;
     for (int64_t d = 0; d < D; d += V::W) {
       const int n = lanes_left<V>(d, D);
-      const F x = V::loadn(x_row + d, n), t = V::loadn(t_row + d, n);
+      const F x = load<V>(x_row + d, n), t = V::loadn(t_row + d, n);
       // max(x, 0) - x t + log(1 + exp(-|x|)): finite for any finite x.
       const F softplus_tail = log1p_nonnegative<V>(exp_v<V>(V::sub(zero, V::abs(x))));
       const F bce = V::add(V::sub(V::max(x, zero), V::mul(x, t)), softplus_tail);
@@ -218,10 +218,10 @@ void bce_kl_loss(const float* logits, const float* target, const float* mu, cons
   }
 }
 
-template <class V>
-void bce_kl_loss_backward(const float* grad_loss, const float* logits, const float* target, const float* mu,
-                          const float* logvar, float* grad_logits, float* grad_mu, float* grad_logvar,
-                          int64_t row_begin, int64_t row_end, int64_t D, int64_t L) {
+template <class V, class T>
+void bce_kl_loss_backward(const float* grad_loss, const T* logits, const float* target, const float* mu,
+                          const float* logvar, T* grad_logits, float* grad_mu, float* grad_logvar, int64_t row_begin,
+                          int64_t row_end, int64_t D, int64_t L) {
   using F = typename V::F;
   const F zero = V::set1(0.0f), one = V::set1(1.0f), half = V::set1(0.5f);
   for (int64_t r = row_begin; r < row_end; ++r) {
@@ -229,9 +229,9 @@ void bce_kl_loss_backward(const float* grad_loss, const float* logits, const flo
     for (int64_t d = 0; d < D; d += V::W) {
       const int n = lanes_left<V>(d, D);
       const int64_t at = r * D + d;
-      const F x = V::loadn(logits + at, n), t = V::loadn(target + at, n);
+      const F x = load<V>(logits + at, n), t = V::loadn(target + at, n);
       const F sigmoid = V::div(one, V::add(one, exp_v<V>(V::sub(zero, x))));
-      V::storen(grad_logits + at, V::mul(g, V::sub(sigmoid, t)), n);
+      store<V>(grad_logits + at, V::mul(g, V::sub(sigmoid, t)), n);
     }
     const F g_half = V::mul(g, half);
     for (int64_t l = 0; l < L; l += V::W) {
@@ -307,8 +307,10 @@ constexpr KernelTable make_table(const char* name) {
                      &normal<V>,
                      &reparameterize<V>,
                      &reparameterize_grad_logvar<V>,
-                     &bce_kl_loss<V>,
-                     &bce_kl_loss_backward<V>,
+                     &bce_kl_loss<V, float>,
+                     &bce_kl_loss_backward<V, float>,
+                     &bce_kl_loss<V, uint16_t>,
+                     &bce_kl_loss_backward<V, uint16_t>,
                      &adam<V>};
 }
 

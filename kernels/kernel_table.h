@@ -68,6 +68,12 @@ struct KernelTable {
   void (*bce_kl_loss_backward)(const float* grad_loss, const float* logits, const float* target, const float* mu,
                                const float* logvar, float* grad_logits, float* grad_mu, float* grad_logvar,
                                int64_t row_begin, int64_t row_end, int64_t D, int64_t L);
+  // The same two with bfloat16 logits (and, backward, bfloat16 grad_logits): float32 math, each result rounded once.
+  void (*bce_kl_loss_bf16)(const uint16_t* logits, const float* target, const float* mu, const float* logvar,
+                           float* loss, int64_t row_begin, int64_t row_end, int64_t D, int64_t L);
+  void (*bce_kl_loss_backward_bf16)(const float* grad_loss, const uint16_t* logits, const float* target,
+                                    const float* mu, const float* logvar, uint16_t* grad_logits, float* grad_mu,
+                                    float* grad_logvar, int64_t row_begin, int64_t row_end, int64_t D, int64_t L);
   // Adam on elements [begin, end) of one float32 parameter, rounded as torch's fused CPU Adam rounds:
   // m = lerp(m, g, 1 - beta1); v = beta2 v + (1 - beta2) g g; param -= step_size m / (sqrt(v) / bc2_sqrt + eps).
   // Then, in the same pass, the copy = the updated parameter rounded to bfloat16 (nearest even, as a cast), and

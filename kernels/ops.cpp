@@ -341,16 +341,20 @@ at::Tensor bce_kl_loss(const at::Tensor& logits, const at::Tensor& target, const
                        const at::Tensor& logvar) {
   const char* op = "bce_kl_loss";
   const LossShape s = check_loss_args(logits, target, mu, logvar, op);
-  const at::Tensor x = float32(logits), t = float32(target), m = float32(mu), lv = float32(logvar);
+  const bool bf16_logits = is_plain_bf16(logits);  // read as they are (mixed precision's logits)
+  const at::Tensor x = bf16_logits ? logits : float32(logits), t = float32(target), m = float32(mu), lv = float32(logvar);
   at::Tensor loss = empty_float32({s.B});
-  const float *xp = x.const_data_ptr<float>(), *tp = t.const_data_ptr<float>(), *mp = m.const_data_ptr<float>(),
-              *lvp = lv.const_data_ptr<float>();
+  const float *tp = t.const_data_ptr<float>(), *mp = m.const_data_ptr<float>(), *lvp = lv.const_data_ptr<float>();
   float* out = loss.data_ptr<float>();
   const KernelTable& k = kernels();
   // One exp and one log per pixel: about as dear per element as a Philox draw.
   const int64_t grain = std::max<int64_t>(1, kRandomGrain / std::max<int64_t>(1, s.D + s.L));
   for_elements(s.B, grain, [&](int64_t begin, int64_t end) {
-    k.bce_kl_loss(xp, tp, mp, lvp, out, begin, end, s.D, s.L);
+    if (bf16_logits) {
+      k.bce_kl_loss_bf16(bf16_bits(x), tp, mp, lvp, out, begin, end, s.D, s.L);
+    } else {
+      k.bce_kl_loss(x.const_data_ptr<float>(), tp, mp, lvp, out, begin, end, s.D, s.L);
+    }
   });
   return loss;
 }
@@ -364,17 +368,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bce_kl_loss_backward(const at::Te
   check_float(grad_loss, op, "grad_loss");
   TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == s.B, "fastgen_native::", op,
               ": grad_loss must be (B,) = (", s.B, ",), got shape ", grad_loss.sizes());
-  const at::Tensor g = float32(grad_loss), x = float32(logits), t = float32(target), m = float32(mu),
-                   lv = float32(logvar);
-  at::Tensor grad_logits = empty_float32(logits.sizes()), grad_mu = empty_float32(mu.sizes()),
-             grad_logvar = empty_float32(logvar.sizes());
-  const float *gp = g.const_data_ptr<float>(), *xp = x.const_data_ptr<float>(), *tp = t.const_data_ptr<float>(),
-              *mp = m.const_data_ptr<float>(), *lvp = lv.const_data_ptr<float>();
-  float *gx = grad_logits.data_ptr<float>(), *gm = grad_mu.data_ptr<float>(), *glv = grad_logvar.data_ptr<float>();
+  const bool bf16_logits = is_plain_bf16(logits);  // read, and their gradient written, as bfloat16
+  const at::Tensor g = float32(grad_loss), x = bf16_logits ? logits : float32(logits), t = float32(target),
+                   m = float32(mu), lv = float32(logvar);
+  at::Tensor grad_logits = bf16_logits ? at::empty_like(logits) : empty_float32(logits.sizes()),
+             grad_mu = empty_float32(mu.sizes()), grad_logvar = empty_float32(logvar.sizes());
+  const float *gp = g.const_data_ptr<float>(), *tp = t.const_data_ptr<float>(), *mp = m.const_data_ptr<float>(),
+              *lvp = lv.const_data_ptr<float>();
+  float *gm = grad_mu.data_ptr<float>(), *glv = grad_logvar.data_ptr<float>();
   const KernelTable& k = kernels();
   const int64_t grain = std::max<int64_t>(1, kRandomGrain / std::max<int64_t>(1, s.D + s.L));
   for_elements(s.B, grain, [&](int64_t begin, int64_t end) {
-    k.bce_kl_loss_backward(gp, xp, tp, mp, lvp, gx, gm, glv, begin, end, s.D, s.L);
+    if (bf16_logits) {
+      uint16_t* gx = reinterpret_cast<uint16_t*>(grad_logits.data_ptr<at::BFloat16>());
+      k.bce_kl_loss_backward_bf16(gp, bf16_bits(x), tp, mp, lvp, gx, gm, glv, begin, end, s.D, s.L);
+    } else {
+      k.bce_kl_loss_backward(gp, x.const_data_ptr<float>(), tp, mp, lvp, grad_logits.data_ptr<float>(), gm, glv, begin,
+                             end, s.D, s.L);
+    }
   });
   return {as_dtype(grad_logits, logits.scalar_type()), as_dtype(grad_mu, mu.scalar_type()),
           as_dtype(grad_logvar, logvar.scalar_type())};

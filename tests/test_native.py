@@ -438,6 +438,23 @@ def test_bf16_epilogue_and_backward_round_the_float32_result_once(p):
             assert torch.equal(grad_pre, expected_grad), (name, n)
 
 
+def test_bce_kl_loss_reads_bf16_logits_as_their_float32_values():
+    """Mixed precision's logits are read as they are: the loss of their float32 values bit for bit, and the logits'
+    gradient the float32 one rounded once, on every kernel table and thread count."""
+    g = torch.Generator().manual_seed(0)
+    logits, target = (torch.randn(33, 787, generator=g) * 5).bfloat16(), torch.rand(33, 787, generator=g)
+    mu, logvar, grad_loss = torch.randn(33, 17, generator=g), torch.randn(33, 17, generator=g), torch.rand(33, generator=g)
+    grads32 = ops.bce_kl_loss_backward(grad_loss, logits.float(), target, mu, logvar)
+    for name in native.supported_isas():
+        for n in (1, 2):
+            with kernel_table(name), threads(n):  # each table sums a row in its own order
+                loss, expected = ops.bce_kl_loss(logits, target, mu, logvar), ops.bce_kl_loss(logits.float(), target, mu, logvar)
+                grad_logits, grad_mu, grad_logvar = ops.bce_kl_loss_backward(grad_loss, logits, target, mu, logvar)
+            assert torch.equal(loss, expected), (name, n)
+            assert grad_logits.dtype == torch.bfloat16 and torch.equal(grad_logits, grads32[0].bfloat16()), (name, n)
+            assert torch.equal(grad_mu, grads32[1]) and torch.equal(grad_logvar, grads32[2]), (name, n)
+
+
 @pytest.mark.parametrize(
     "call, needle",
     [

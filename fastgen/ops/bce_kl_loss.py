@@ -101,10 +101,14 @@ def bce_kl_loss(logits, target, mu, logvar, *, reduction: str = "mean", kernels:
     check_shape("logvar", logvar, mu.shape, "mu")
     if logits.dim() < 1 or logits.shape[0] != mu.shape[0]:
         raise ValueError(f"logits has shape {tuple(logits.shape)} but mu has {mu.shape[0]} rows (one per image)")
+    fused = use_fused_ops(kernels, logits.device)
+    as_is = False
     if torch.is_autocast_enabled(logits.device.type):  # losses are computed in float32, as torch's autocast does
-        logits, target, mu, logvar = logits.float(), target.float(), mu.float(), logvar.float()
-    check_same([("logits", logits), ("target", target), ("mu", mu), ("logvar", logvar)])
-    if not use_fused_ops(kernels, logits.device):
+        # The native kernels read bf16 logits as they are, in float32: the same numbers without a widened copy.
+        as_is = fused and logits.dtype == torch.bfloat16 and native_runs_on(logits.device, logits.dtype)
+        logits, target, mu, logvar = logits if as_is else logits.float(), target.float(), mu.float(), logvar.float()
+    check_same([("target", target), ("mu", mu), ("logvar", logvar)] + ([] if as_is else [("logits", logits)]))
+    if not fused:
         return bce_kl_loss_reference(logits, target, mu, logvar, reduction=reduction)
     shape = (logits.shape[0], math.prod(logits.shape[1:]))  # not (B, -1): an empty batch has no -1 to infer
     logits, target = logits.reshape(shape).contiguous(), target.reshape(shape).contiguous()
