@@ -51,6 +51,11 @@ timeout 170 python -m pytest bench --benchmark-only -q -p no:cacheprovider \
 echo "bench: rc $? $(tail -n 1 "$work/bench.txt")"
 pack
 
+# --amp's bf16 working copies against autocast over the float32 weights: the graphed step's kernels and time.
+timeout 150 python -m bench.amp_step --out "$work" > "$work/amp-step.txt" 2>&1
+echo "amp-step: rc $? $(grep -c '^| [gv]a' "$work/amp-step.txt") rows"
+pack
+
 # The comparison, one checkpoint epoch at a time so that each finished stage leaves a complete report.
 data=(--data-dir "$PWD/.carry" --no-download)
 setsid nohup bash -c "

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from bench.amp_step import autocast_over_float32_weights
 from fastgen.config import TrainConfig
 from fastgen.ops import native
 from fastgen.training import checkpoint as run_state
@@ -30,10 +31,8 @@ def _trainer(model: str, kernels: str = "auto", working_copies: bool = True, nat
     trainer = TRAINERS[model](TrainConfig(model=model, kernels=kernels).resolved(), CPU, torch.bfloat16)
     for optimizer in trainer.optimizers.values():
         optimizer.native &= native_adam
-        if not working_copies:
-            optimizer.working, optimizer.native = [], False
     if not working_copies:
-        trainer.g_weights = trainer.d_weights = trainer.loss_weights = None
+        autocast_over_float32_weights(trainer)
     return trainer
 
 
@@ -191,3 +190,12 @@ def test_each_replica_of_a_bf16_group_lands_within_bf16s_rounding_of_its_single_
             spread = max((s[name] - f[name]).norm() for s, f in zip(single_states, full_states))
             distance = max((r[name] - s[name]).norm() for r, s in zip(replicas, single_states))
             assert distance <= 2 * spread, (network, name, distance.item(), spread.item())
+
+
+def test_the_amp_step_benchmark_writes_its_table(tmp_path):
+    """bench.amp_step (the GPU command's before/after of this change) on the CPU, eager, one round."""
+    from bench import amp_step
+
+    results = amp_step.main(["--models", "vae", "--rounds", "1", "--eager", "--out", str(tmp_path)])
+    assert results[0]["model"] == "vae" and all(len(v) == 1 and v[0] > 0 for v in results[0]["ms"].values())
+    assert "| vae | 100 |" in (tmp_path / "amp-step.md").read_text() and (tmp_path / "amp-step.json").is_file()
