@@ -79,7 +79,7 @@ def _kernels_per_step(run, steps: int = 5) -> dict:
             run()
         torch.cuda.synchronize()
     kernels = [e for e in profile.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    return {"kernels": len(kernels) / steps, "gpu_us": sum(e.device_time for e in kernels) / steps}
+    return {"kernels": len(kernels) / steps, "gpu_us": sum(e.time_range.elapsed_us() for e in kernels) / steps}
 
 
 def measure(model: str, device: torch.device, rounds: int, compiled: bool, kernels: str = "auto") -> dict:
