@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kernel_table.h"
@@ -110,38 +111,40 @@ void for_elements(int64_t n, int64_t grain, const F& f) {
 
 // ---- linear_leaky_relu_dropout: the epilogue on pre = x @ W.T, and the backward's dL/d(pre) --------------
 
-void run_leaky_relu_dropout(const at::Tensor& pre32, const std::optional<at::Tensor>& bias, float* out,
-                            float slope, float p, PhiloxKey key) {
-  const int64_t cols = pre32.dim() == 0 ? 1 : pre32.size(-1);
-  if (pre32.numel() == 0 || cols == 0) return;
-  const int64_t rows = pre32.numel() / cols;
-  at::Tensor bias32 = bias.has_value() ? float32(*bias) : at::Tensor();
-  const float* b = bias32.defined() ? bias32.const_data_ptr<float>() : nullptr;
-  const float* in = pre32.const_data_ptr<float>();
+// bfloat16 bits of a tensor that the bf16 kernels read or write as it is (no conversion).
+const uint16_t* bf16_bits(const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.const_data_ptr<at::BFloat16>()); }
+uint16_t* bf16_bits_out(const at::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); }
+
+bool is_plain_bf16(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 && t.is_contiguous(); }
+
+// The epilogue's rows split across threads, on float32 or bfloat16 bits (T = uint16_t); out may be in.
+template <class T>
+void epilogue_rows(const T* in, const T* bias, T* out, int64_t numel, int64_t cols, float slope, float p,
+                   PhiloxKey key) {
+  if (numel == 0 || cols == 0) return;
   const int64_t grain = std::max<int64_t>(1, (p > 0.0f ? kRandomGrain : kPlainGrain) / cols);
   const KernelTable& k = kernels();
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    k.leaky_relu_dropout(in, b, out, begin, end, cols, slope, p, key);
+  at::parallel_for(0, numel / cols, grain, [&](int64_t begin, int64_t end) {
+    if constexpr (std::is_same_v<T, float>) {
+      k.leaky_relu_dropout(in, bias, out, begin, end, cols, slope, p, key);
+    } else {
+      k.leaky_relu_dropout_bf16(in, bias, out, begin, end, cols, slope, p, key);
+    }
   });
 }
 
-// bfloat16 bits of a tensor that the bf16 kernels read or write as it is (no conversion).
-const uint16_t* bf16_bits(const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.const_data_ptr<at::BFloat16>()); }
-
-bool is_plain_bf16(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 && t.is_contiguous(); }
+void run_leaky_relu_dropout(const at::Tensor& pre32, const std::optional<at::Tensor>& bias, float* out,
+                            float slope, float p, PhiloxKey key) {
+  const at::Tensor bias32 = bias.has_value() ? float32(*bias) : at::Tensor();
+  epilogue_rows<float>(pre32.const_data_ptr<float>(), bias32.defined() ? bias32.const_data_ptr<float>() : nullptr, out,
+                       pre32.numel(), pre32.size(-1), slope, p, key);
+}
 
 // The epilogue on contiguous bfloat16 `pre` and `bias` (or none) into `out` (which may be `pre`), no conversion.
 void run_leaky_relu_dropout_bf16(const at::Tensor& pre, const std::optional<at::Tensor>& bias, at::Tensor& out,
                                  float slope, float p, PhiloxKey key) {
-  const int64_t cols = pre.dim() == 0 ? 1 : pre.size(-1);
-  if (pre.numel() == 0 || cols == 0) return;
-  const uint16_t *in = bf16_bits(pre), *b = bias.has_value() ? bf16_bits(*bias) : nullptr;
-  uint16_t* o = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
-  const int64_t grain = std::max<int64_t>(1, (p > 0.0f ? kRandomGrain : kPlainGrain) / cols);
-  const KernelTable& k = kernels();
-  at::parallel_for(0, pre.numel() / cols, grain, [&](int64_t begin, int64_t end) {
-    k.leaky_relu_dropout_bf16(in, b, o, begin, end, cols, slope, p, key);
-  });
+  epilogue_rows<uint16_t>(bf16_bits(pre), bias.has_value() ? bf16_bits(*bias) : nullptr, bf16_bits_out(out), pre.numel(),
+                          pre.size(-1), slope, p, key);
 }
 
 bool bf16_epilogue(const at::Tensor& pre, const std::optional<at::Tensor>& bias) {
@@ -208,7 +211,7 @@ at::Tensor leaky_relu_dropout_grad_pre(const at::Tensor& grad_y, const at::Tenso
   if (is_plain_bf16(grad_y) && is_plain_bf16(y)) {  // bfloat16 in and out, no conversion
     at::Tensor out = at::empty_like(y);
     const uint16_t *g = bf16_bits(grad_y), *yv = bf16_bits(y);
-    uint16_t* o = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+    uint16_t* o = bf16_bits_out(out);
     for_elements(y.numel(), grain, [&](int64_t begin, int64_t end) {
       t.leaky_relu_dropout_grad_pre_bf16(g, yv, o, begin, end, slope, p32, k);
     });
@@ -380,7 +383,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bce_kl_loss_backward(const at::Te
   const int64_t grain = std::max<int64_t>(1, kRandomGrain / std::max<int64_t>(1, s.D + s.L));
   for_elements(s.B, grain, [&](int64_t begin, int64_t end) {
     if (bf16_logits) {
-      uint16_t* gx = reinterpret_cast<uint16_t*>(grad_logits.data_ptr<at::BFloat16>());
+      uint16_t* gx = bf16_bits_out(grad_logits);
       k.bce_kl_loss_backward_bf16(gp, bf16_bits(x), tp, mp, lvp, gx, gm, glv, begin, end, s.D, s.L);
     } else {
       k.bce_kl_loss_backward(gp, x.const_data_ptr<float>(), tp, mp, lvp, grad_logits.data_ptr<float>(), gm, glv, begin,
@@ -411,13 +414,11 @@ AdamConstants adam_constants(double lr, double beta1, double beta2, double eps, 
           average_weight};
 }
 
-// One float32 CPU scalar tensor's value, incremented first when `increment` (a step counter).
-float scalar(const at::Tensor& t, const char* name, bool increment = false) {
+// A one-element float32 CPU tensor (a step counter, the learning rate, the average's weight), checked.
+float* scalar(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.numel() == 1, "fastgen_native::adam_: ", name,
               " must be a one-element float32 CPU tensor, got ", t.scalar_type(), " ", t.sizes(), " on ", t.device());
-  float* value = t.data_ptr<float>();
-  if (increment) *value += 1.0f;
-  return *value;
+  return t.data_ptr<float>();
 }
 
 // Adam for float32 parameters from float32 or bfloat16 gradients, each step counter counted up first; in the
@@ -432,11 +433,11 @@ void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
               "must be lists of one length");
   TORCH_CHECK(averages.empty() == !average_weight.has_value(),
               "fastgen_native::adam_: averages and average_weight come together");
-  const double lr_value = scalar(lr, "lr");
-  const float average_value = average_weight.has_value() ? scalar(*average_weight, "average_weight") : 0.0f;
+  const double lr_value = *scalar(lr, "lr");
+  const float average_value = average_weight.has_value() ? *scalar(*average_weight, "average_weight") : 0.0f;
   std::vector<at::Tensor> contiguous_grads(n);
   std::vector<AdamTensors> tensors(n);
-  std::vector<AdamConstants> constants(n);
+  std::vector<float*> step_counters(n);
   std::vector<int64_t> starts{0};  // parameter i covers flat elements [starts[i], starts[i + 1])
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& param = params[i];
@@ -455,10 +456,15 @@ void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                   grad_dtype == at::kBFloat16,
                   exp_avgs[i].data_ptr<float>(),
                   exp_avg_sqs[i].data_ptr<float>(),
-                  copies.empty() ? nullptr : reinterpret_cast<uint16_t*>(copies[i].data_ptr<at::BFloat16>()),
+                  copies.empty() ? nullptr : bf16_bits_out(copies[i]),
                   averages.empty() ? nullptr : averages[i].data_ptr<float>()};
-    constants[i] = adam_constants(lr_value, beta1, beta2, eps, scalar(steps[i], "a step", true), average_value);
+    step_counters[i] = scalar(steps[i], "a step");
     starts.push_back(starts.back() + param.numel());
+  }
+  // Every argument checked: only now count the steps, so that a refused call changes nothing.
+  std::vector<AdamConstants> constants(n);
+  for (size_t i = 0; i < n; ++i) {
+    constants[i] = adam_constants(lr_value, beta1, beta2, eps, ++*step_counters[i], average_value);
   }
   const KernelTable& k = kernels();
   // One parallel loop over all parameters' elements: a thread's range may span several tensors.

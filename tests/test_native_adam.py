@@ -134,9 +134,12 @@ def test_bf16_copies_round_as_torch_casts():
         (lambda a: a.update(params=[p.t() for p in a["params"]]), "a parameter must be a contiguous"),
         (lambda a: a.update(average_weight=None), "averages and average_weight come together"),
         (lambda a: a.update(steps=[s.double() for s in a["steps"]]), "a step must be a one-element float32"),
+        (lambda a: a["grads"].__setitem__(1, a["grads"][1].half()), "a gradient must be a float32 or bfloat16"),
     ],
 )
 def test_bad_arguments_raise_naming_the_argument(change, needle):
+    """...and change nothing: no step is counted before every argument is checked (the last case fails on the
+    second parameter)."""
     state = _state([(4, 3), (3,)], torch.bfloat16)
     args = {
         **{k: state[k] for k in ("params", "grads", "exp_avgs", "exp_avg_sqs", "steps")},
@@ -149,5 +152,7 @@ def test_bad_arguments_raise_naming_the_argument(change, needle):
         "average_weight": torch.tensor(0.1),
     }
     change(args)
+    steps = [s.clone() for s in args["steps"]]
     with pytest.raises(RuntimeError, match=needle):
         torch.ops.fastgen_native.adam_(*args.values())
+    assert all(torch.equal(a, b) for a, b in zip(args["steps"], steps))
