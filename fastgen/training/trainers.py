@@ -192,7 +192,7 @@ class GANTrainer:
             # parameters it would compute D's weight gradients here and throw them away.)
             d_weights = self.d_weights or dict(self.discriminator.named_parameters())
             d_frozen = {name: p.detach() for name, p in d_weights.items()}
-            g_loss = F.softplus(-functional_call(self.discriminator, d_frozen, (fake,)).float()).mean(-1)
+            g_loss = F.softplus(-call(self.discriminator, d_frozen, fake).float()).mean(-1)
         apply_update(_total(g_loss), self.opt_g, self.scaler_g, self.reduce_grads)
         return torch.stack(
             [
@@ -236,7 +236,8 @@ class VAETrainer:
         self.params = list(self.vae.parameters())
         self.opt, self.scaler = _optimizer(self.params, config, device, amp_dtype)
         self.optimizers = {"vae": self.opt}
-        self.vae_loss, self.loss_weights = _VAELoss(self.vae), weights(_VAELoss(self.vae), self.opt)
+        self.vae_loss = _VAELoss(self.vae)
+        self.loss_weights = weights(self.vae_loss, self.opt)
         self.scalers = {"vae": self.scaler}
         self.autocast = autocast_factory(device, amp_dtype)
         self.device = device
