@@ -71,6 +71,24 @@ def test_a_step_that_cannot_compile_falls_back_to_eager_with_one_notice():
     assert describe(compiled) == {"compile": False, "cuda_graphs": False}
 
 
+def test_the_compiled_step_traces_autograd_and_leaves_dynamos_settings_as_it_found_them():
+    """Its autograd.grad is traced (fullgraph would refuse it otherwise: one notice, eager), the switch is set
+    only around each call, and later calls (guards skipped) still compute the step."""
+    torch._dynamo.reset()
+    notices = []
+    w = torch.tensor([2.0], requires_grad=True)
+
+    def step(x):
+        (grad,) = torch.autograd.grad((w * x).sum(), [w])
+        return grad
+
+    compiled = CompiledStep(step, notices.append)
+    before = torch._dynamo.config.trace_autograd_ops
+    for value in (1.0, 2.0, 3.0):
+        assert compiled(torch.full((3,), value)).item() == 3 * value
+    assert notices == [] and compiled.compiled_once and torch._dynamo.config.trace_autograd_ops == before
+
+
 @pytest.mark.parametrize(
     "error, says",
     [
