@@ -7,6 +7,8 @@ from torch import nn
 
 from fastgen.config import KERNELS
 from fastgen.ops import eager_native, linear_leaky_relu_dropout, reparameterize
+from fastgen.ops.dispatch import use_eager_triton
+from fastgen.ops.linear_leaky_relu_dropout import EagerTritonLinear
 from fastgen.ops.rng import check_p, random_seed
 from fastgen.ops.validation import check_slope
 
@@ -16,17 +18,20 @@ def new_philox_key() -> torch.Tensor:
     return torch.tensor([random_seed(), 0], dtype=torch.int64)
 
 
-_NEXT_STEP = torch.tensor([0, 1])  # (seed, step) + (0, 1), for CPU keys advanced eagerly
+_NEXT_STEP = {}  # device -> (0, 1), the key's increment, for keys advanced eagerly
 
 
 def next_key(key_buffer: torch.Tensor) -> torch.Tensor:
     """This call's key, then advance the buffer's step on the device (no host sync, graph-safe). A stacked
     buffer (replicas, 2) advances every replica's step."""
     key = key_buffer.clone()
-    if key_buffer.device.type == "cpu" and not torch.compiler.is_compiling():
-        key_buffer.add_(_NEXT_STEP)  # one op: the indexed += below is three in eager mode
-    else:
+    if torch.compiler.is_compiling():
         key_buffer[..., 1] += 1
+    else:  # one op: the indexed += above is three eagerly
+        device = key_buffer.device
+        if device not in _NEXT_STEP:
+            _NEXT_STEP[device] = torch.tensor([0, 1], device=device)
+        key_buffer.add_(_NEXT_STEP[device])
     return key
 
 
@@ -60,12 +65,15 @@ class LinearLeakyReLUDropout(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.p if self.training else 0.0
-        fast = self.kernels == "native" and x.dim() == 2 and x.dtype == self.weight.dtype
-        if fast and eager_native.use_eager_native(x.device, x.dtype) and not torch.is_autocast_enabled("cpu"):
-            # The eager fast path on the CPU's native kernels: what the functional op checks holds by construction
-            # here but x's shape, which the matmul checks. The key is not read when p = 0.
-            key = next_key(self.philox_key) if p > 0.0 else self.philox_key
-            return eager_native.linear_leaky_relu_dropout(x, self.weight, self.bias, key, self.negative_slope, p)
+        if x.dim() == 2 and x.dtype == self.weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            # The eager fast paths: what the functional op checks holds by construction here but x's shape, which
+            # the matmul checks. The key is not read when p = 0.
+            if self.kernels == "native" and eager_native.use_eager_native(x.device, x.dtype):
+                key = next_key(self.philox_key) if p > 0.0 else self.philox_key
+                return eager_native.linear_leaky_relu_dropout(x, self.weight, self.bias, key, self.negative_slope, p)
+            if self.kernels != "eager" and use_eager_triton(x.device):
+                key = next_key(self.philox_key) if p > 0.0 else self.philox_key
+                return EagerTritonLinear.apply(x, self.weight, self.bias, key, self.negative_slope, p)
         key = next_key(self.philox_key) if p > 0.0 else None
         return linear_leaky_relu_dropout(
             x, self.weight, self.bias, negative_slope=self.negative_slope, p=p, seed=key, kernels=self.kernels

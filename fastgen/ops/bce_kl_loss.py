@@ -8,7 +8,7 @@ import torch
 from torch.library import wrap_triton
 
 from fastgen.ops import eager_native
-from fastgen.ops.dispatch import define_op, native_runs_on, triton_runs_on, use_fused_ops
+from fastgen.ops.dispatch import define_op, native_runs_on, triton_runs_on, use_eager_triton, use_fused_ops
 from fastgen.ops.reference import bce_kl_loss_backward_reference, bce_kl_loss_reference
 from fastgen.ops.validation import check_same, check_shape, check_tensor
 
@@ -28,6 +28,10 @@ def _forward(logits: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logva
         return torch.ops.fastgen_native.bce_kl_loss(logits, target, mu, logvar)
     if not triton_runs_on(logits.device):
         return bce_kl_loss_reference(logits, target, mu, logvar, reduction="none")
+    return _triton_forward(logits, target, mu, logvar)
+
+
+def _triton_forward(logits, target, mu, logvar) -> torch.Tensor:
     from fastgen.ops.triton.bce_kl_loss import bce_kl_fwd_kernel as kernel
 
     B, D = logits.shape
@@ -45,6 +49,10 @@ def _backward_op(
         return torch.ops.fastgen_native.bce_kl_loss_backward(grad_loss, logits, target, mu, logvar)
     if not triton_runs_on(logits.device):
         return bce_kl_loss_backward_reference(grad_loss, logits, target, mu, logvar)
+    return _triton_backward(grad_loss, logits, target, mu, logvar)
+
+
+def _triton_backward(grad_loss, logits, target, mu, logvar) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from fastgen.ops.triton.bce_kl_loss import bce_kl_bwd_kernel as kernel
 
     B, D = logits.shape
@@ -73,11 +81,29 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_loss):
+    return _input_grads(ctx, grad_loss, _backward_op)
+
+
+def _input_grads(ctx, grad_loss, backward_op):
     logits, target, mu, logvar = ctx.saved_tensors
     grad_loss = grad_loss.float().contiguous()
-    grad_logits, grad_mu, grad_logvar = _backward_op(grad_loss, logits, target, mu, logvar)
+    grad_logits, grad_mu, grad_logvar = backward_op(grad_loss, logits, target, mu, logvar)
     grad_target = (-grad_loss[:, None] * logits.float()).to(target.dtype) if ctx.needs_input_grad[1] else None
     return grad_logits, grad_target, grad_mu, grad_logvar
+
+
+class EagerTritonBCEKL(torch.autograd.Function):
+    """The eager fast path where Triton runs (`dispatch.use_eager_triton`): the registered op's kernels, launched
+    directly (bit for bit the registered op's outputs and gradients: tested)."""
+
+    @staticmethod
+    def forward(ctx, logits, target, mu, logvar):
+        ctx.save_for_backward(logits, target, mu, logvar)
+        return _triton_forward(logits, target, mu, logvar)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        return _input_grads(ctx, grad_loss, _triton_backward)
 
 
 _forward.register_autograd(_backward, setup_context=_setup_context)
@@ -112,7 +138,11 @@ def bce_kl_loss(logits, target, mu, logvar, *, reduction: str = "mean", kernels:
         return bce_kl_loss_reference(logits, target, mu, logvar, reduction=reduction)
     shape = (logits.shape[0], math.prod(logits.shape[1:]))  # not (B, -1): an empty batch has no -1 to infer
     logits, target = logits.reshape(shape).contiguous(), target.reshape(shape).contiguous()
-    op = eager_native.bce_kl_loss if eager_native.use_eager_native(logits.device, logits.dtype) else _forward
+    op = _forward
+    if eager_native.use_eager_native(logits.device, logits.dtype):
+        op = eager_native.bce_kl_loss
+    elif use_eager_triton(logits.device):
+        op = EagerTritonBCEKL.apply
     per_image = op(logits, target, mu.contiguous(), logvar.contiguous())
     if reduction == "mean":
         return per_image.mean()

@@ -70,6 +70,16 @@ def native_runs_on(device: torch.device, dtype: torch.dtype = torch.float32) -> 
     return _cpu_backend == "native" and device.type == "cpu" and dtype in NATIVE_DTYPES
 
 
+EAGER_TRITON = True  # off: eager calls dispatch the registered ops too (the tests compare the two)
+
+
+def use_eager_triton(device: torch.device) -> bool:
+    """Whether an eager call on `device` takes the Triton fast path: a `torch.autograd.Function` that launches the
+    registered op's kernels directly, skipping custom-op dispatch and torch.library's Python autograd (tens of
+    microseconds of host time a call). torch.compile traces the registered ops instead."""
+    return EAGER_TRITON and triton_runs_on(device) and not torch.compiler.is_compiling()
+
+
 def use_fused_ops(kernels: str, device: torch.device) -> bool:
     """Whether the functional ops call fastgen's fused ops (`kernels="triton"`, or `"auto"` where Triton runs)
     or plain PyTorch ops with the same masks and noise (`"eager"`, and `"auto"` elsewhere: on the CPU the

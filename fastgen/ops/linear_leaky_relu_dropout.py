@@ -7,8 +7,8 @@ from typing import Optional
 import torch
 from torch.library import wrap_triton
 
-from fastgen.ops import eager_native
-from fastgen.ops.dispatch import define_op, native_runs_on, triton_runs_on, use_fused_ops
+from fastgen.ops import eager_native, linear_tuning
+from fastgen.ops.dispatch import define_op, native_runs_on, triton_runs_on, use_eager_triton, use_fused_ops
 from fastgen.ops.reference import linear_leaky_relu_dropout_grad_pre_reference, linear_leaky_relu_dropout_reference
 from fastgen.ops.rng import check_p, keep_mask, per_replica, philox_key, random_seed
 from fastgen.ops.stacked_matmul import stacked_matmul
@@ -45,18 +45,59 @@ def _forward(
 
 
 def _triton_forward(x, weight, bias, key, negative_slope: float, p: float) -> torch.Tensor:
-    """One launch for a single call (2-D x, key (2,)) or for all stacked replicas (3-D x, key (S, 2)): grid
-    axis 1 runs the replicas, a single call being one replica with replica strides 0."""
-    from fastgen.ops.triton.linear_leaky_relu_dropout import linear_leaky_relu_dropout_fwd_kernel as kernel
+    """One launch for a single call (2-D x, key (2,)) or for all stacked replicas (3-D x, key (S, 2)), or cuBLAS and
+    one epilogue launch: whichever was measured faster for this case (linear_tuning), measured now if this is
+    its first eager call on a GPU."""
+    if bias is not None:
+        bias = bias.contiguous()  # the kernels read a replica's bias with unit stride
+    case = _linear_case(x, weight, bias, p)
+    name = linear_tuning.choice(case, x.device)
+    if name is None and linear_tuning.can_measure(x, weight, bias, key):
+        name = linear_tuning.tune(case, x.device, lambda n: _time(lambda: _launch(n, x, weight, bias, key, negative_slope, p)))
+    return _launch(name, x, weight, bias, key, negative_slope, p)
+
+
+def _linear_case(x, weight, bias, p: float) -> linear_tuning.LinearCase:
+    M, K = x.shape[-2:]
+    dtype = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[x.dtype]
+    replicas = x.shape[0] if x.dim() == 3 else 0
+    return linear_tuning.LinearCase(
+        replicas, M, weight.shape[-2], K, dtype, bias is not None, p > 0.0, _input_precision(x.dtype), x.stride(-1) == 1
+    )
+
+
+def _time(launch) -> float:
+    """Median seconds of one launch on the GPU (triton's CUDA-event timer, a few warm-up runs first)."""
+    import triton.testing
+
+    return triton.testing.do_bench(launch, warmup=5, rep=20, return_mode="median") / 1e3
+
+
+def _launch(name, x, weight, bias, key, negative_slope: float, p: float) -> torch.Tensor:
+    """The forward by one candidate: a tile config's name (that config, no autotuner), CUBLAS, or None (the
+    autotuned kernel). Grid axis 1 runs the replicas, a single call being one replica with replica strides 0."""
+    from fastgen.ops.triton.linear_leaky_relu_dropout import leaky_relu_dropout_kernel
+    from fastgen.ops.triton.linear_leaky_relu_dropout import linear_leaky_relu_dropout_fwd_kernel as tuned
 
     stacked = x.dim() == 3
     M, K = x.shape[-2:]
     N = weight.shape[-2]
+    if name == linear_tuning.CUBLAS:
+        y = _matmul_with_bias(x, weight, bias)
+        n = M * N
+        if n:
+            grid = ((n + 1023) // 1024, x.shape[0] if stacked else 1)
+            wrap_triton(leaky_relu_dropout_kernel)[grid](
+                y, key.contiguous(), n, n if stacked else 0, negative_slope, p, HAS_DROPOUT=p > 0.0, BLOCK=1024
+            )
+        return y
     y = torch.empty((*x.shape[:-1], N), dtype=x.dtype, device=x.device)
     if y.numel() == 0:
         return y
-    if bias is not None:
-        bias = bias.contiguous()  # the kernel reads a replica's bias with unit stride
+    kernel, config = tuned, {}
+    if name is not None:  # the measured config, launched as it is: no autotuner on the call's path
+        chosen = linear_tuning.candidates(_linear_case(x, weight, bias, p))[name]
+        kernel, config = tuned.fn, dict(**chosen.kwargs, num_warps=chosen.num_warps, num_stages=chosen.num_stages)
 
     def replica_stride(t):
         return t.stride(0) if stacked else 0
@@ -87,8 +128,19 @@ def _triton_forward(x, weight, bias, key, negative_slope: float, p: float) -> to
         HAS_BIAS=bias is not None,
         HAS_DROPOUT=p > 0.0,
         INPUT_PRECISION=_input_precision(x.dtype),
+        **config,
     )
     return y
+
+
+def _matmul_with_bias(x, weight, bias) -> torch.Tensor:
+    """x @ weight^T + bias on cuBLAS (bias added to the accumulator), single or stacked, contiguous."""
+    if x.dim() == 3:
+        w_t = weight.transpose(1, 2)
+        out = torch.bmm(x, w_t) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, w_t)
+    else:
+        out = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
+    return out.contiguous()
 
 
 @define_op("fastgen::linear_leaky_relu_dropout_grad_pre")
@@ -151,6 +203,10 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_y):
     x, weight, y, key = ctx.saved_tensors
     grad_pre = _grad_pre_activation(grad_y.contiguous(), y, key, ctx.negative_slope, ctx.p)
+    return _input_grads(ctx, grad_pre, x, weight)
+
+
+def _input_grads(ctx, grad_pre, x, weight):
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     matmul = stacked_matmul if weight.dim() == 3 else torch.matmul  # stacked replicas: (S, B, N) @ (S, N, K) ...
     grad_x = matmul(grad_pre, weight) if need_x else None
@@ -160,6 +216,39 @@ def _backward(ctx, grad_y):
 
 
 _forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+class EagerTritonLinear(torch.autograd.Function):
+    """The eager fast path where Triton runs (`dispatch.use_eager_triton`): the registered op's kernels, launched
+    directly, forward and backward (bit for bit the registered op's outputs and gradients: tested)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, key, negative_slope: float, p: float):
+        y = _triton_forward(x, weight, bias, key, negative_slope, p)
+        ctx.save_for_backward(x, weight, y, key)
+        ctx.negative_slope, ctx.p = negative_slope, p
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight, y, key = ctx.saved_tensors
+        grad_pre = _triton_grad_pre_activation(grad_y.contiguous(), y, key, ctx.negative_slope, ctx.p)
+        return _input_grads(ctx, grad_pre, x, weight)
+
+
+def tune(weight: torch.Tensor, bias: Optional[torch.Tensor], rows: int, p: float) -> dict[str, str]:
+    """Measure now, on real tensors, which implementation the forward takes for `rows` rows of input with these
+    weights (a trainer calls this before it compiles its step, so that tracing finds the choice made). Returns
+    {case: choice}, empty where nothing is measured (no GPU, or tracing)."""
+    if not (triton_runs_on(weight.device) and linear_tuning.can_measure(weight)):
+        return {}
+    x = torch.randn(*weight.shape[:-2], rows, weight.shape[-1], device=weight.device, dtype=weight.dtype)
+    key = torch.zeros(*weight.shape[:-2], 2, dtype=torch.int64, device=weight.device)  # a key of its own
+    weight = weight.detach()
+    bias = bias.detach().contiguous() if bias is not None else None
+    _triton_forward(x, weight, bias, key, 0.2, p)
+    case = _linear_case(x, weight, bias, p)
+    return {case.key(): linear_tuning.choice(case, weight.device)}
 
 
 def linear_leaky_relu_dropout(
@@ -207,7 +296,11 @@ def linear_leaky_relu_dropout(
         key = torch.zeros(2 if replicas is None else (replicas, 2), dtype=torch.int64, device=x.device)
     if replicas is not None:
         return _forward(x, weight, bias, key, negative_slope, p)
-    op = eager_native.linear_leaky_relu_dropout if eager_native.use_eager_native(x.device, x.dtype) else _forward
+    op = _forward
+    if eager_native.use_eager_native(x.device, x.dtype):
+        op = eager_native.linear_leaky_relu_dropout
+    elif use_eager_triton(x.device):
+        op = EagerTritonLinear.apply
     if x.dim() == 2:
         return op(x, weight, bias, key, negative_slope, p)
     y = op(x.reshape(-1, x.shape[-1]), weight, bias, key, negative_slope, p)

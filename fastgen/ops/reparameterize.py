@@ -8,7 +8,7 @@ import torch
 from torch.library import wrap_triton
 
 from fastgen.ops import eager_native
-from fastgen.ops.dispatch import define_op, native_runs_on, triton_runs_on, use_fused_ops
+from fastgen.ops.dispatch import define_op, native_runs_on, triton_runs_on, use_eager_triton, use_fused_ops
 from fastgen.ops.reference import reparameterize_grad_logvar_reference, reparameterize_reference
 from fastgen.ops.rng import normal, per_replica, philox_key, random_seed
 from fastgen.ops.validation import check_same, check_shape, check_tensor
@@ -116,15 +116,33 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_z):
+    return _input_grads(ctx, grad_z, _grad_logvar)
+
+
+def _input_grads(ctx, grad_z, grad_logvar_op):
     logvar, eps, key = ctx.saved_tensors
     eps = eps if ctx.has_eps else None
     grad_z = grad_z.contiguous()
-    grad_logvar = _grad_logvar(grad_z, logvar, eps, key) if ctx.needs_input_grad[1] else None
+    grad_logvar = grad_logvar_op(grad_z, logvar, eps, key) if ctx.needs_input_grad[1] else None
     grad_eps = grad_z * torch.exp(0.5 * logvar) if ctx.has_eps and ctx.needs_input_grad[2] else None
     return grad_z, grad_logvar, grad_eps, None
 
 
 _forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+class EagerTritonReparameterize(torch.autograd.Function):
+    """The eager fast path where Triton runs (`dispatch.use_eager_triton`): the registered op's kernels, launched
+    directly (bit for bit the registered op's outputs and gradients: tested)."""
+
+    @staticmethod
+    def forward(ctx, mu, logvar, eps, key):
+        _setup_context(ctx, (mu, logvar, eps, key), None)
+        return _triton_forward(mu, logvar, eps, key)
+
+    @staticmethod
+    def backward(ctx, grad_z):
+        return _input_grads(ctx, grad_z, _triton_grad_logvar)
 
 
 def reparameterize(mu, logvar, *, eps=None, seed=None, kernels: str = "auto") -> torch.Tensor:
@@ -155,6 +173,9 @@ def reparameterize(mu, logvar, *, eps=None, seed=None, kernels: str = "auto") ->
         key = philox_key(random_seed() if seed is None else seed, mu.device, replicas)
     if not use_fused_ops(kernels, mu.device):
         return reparameterize_reference(mu, logvar, _noise(eps, key, mu))
-    fast = replicas is None and eager_native.use_eager_native(mu.device, mu.dtype)
-    op = eager_native.reparameterize if fast else _forward
+    op = _forward
+    if replicas is None and eager_native.use_eager_native(mu.device, mu.dtype):
+        op = eager_native.reparameterize
+    elif use_eager_triton(mu.device):
+        op = EagerTritonReparameterize.apply
     return op(mu.contiguous(), logvar.contiguous(), eps, key)

@@ -110,13 +110,15 @@ def _set_up(config: TrainConfig) -> tuple[Run, torch.dtype | None, dict]:
         position = _restore(checkpoints, trainer, replicas)
     elif trainer.replicas is not None:
         seed_group.write(out, config.to_dict(), seeds, None)  # the group's record, before its first checkpoint
+    # Before the step is traced: the fused linear's implementations measured at its shapes (a GPU only).
+    linear_choices = trainer.tune_kernels(config.batch_size, amp_dtype or torch.float32) if config.kernels != "eager" else {}
     step_fn = _build_step(config, device, trainer, train_split, group, say)
     if checkpoints is not None:
         run_state.restore_rng(checkpoints[0])  # torch's generators as they were after the last saved step
     if group is not None:
         distributed.own_random_streams(trainer, config.seed, group.rank, position.step)
     run = Run(config, device, group, trainer, step_fn, train_split, replicas, out, position, say)
-    run_info = _write_run_info(run, amp_dtype, cpu_tuning)
+    run_info = _write_run_info(run, amp_dtype, cpu_tuning, linear_choices)
     return run, amp_dtype, run_info
 
 
@@ -297,7 +299,7 @@ def kernels_used(kernels: str, device: torch.device) -> str:
     return "triton" if kernels != "eager" and triton_runs_on(device) else "eager"
 
 
-def _write_run_info(run: Run, amp_dtype, cpu_tuning) -> dict:
+def _write_run_info(run: Run, amp_dtype, cpu_tuning, linear_choices: dict[str, str]) -> dict:
     info = {
         "config": run.config.to_dict(),
         "device": str(run.device),
@@ -307,6 +309,7 @@ def _write_run_info(run: Run, amp_dtype, cpu_tuning) -> dict:
         **describe(run.step_fn),
         "triton_kernels": run.config.kernels != "eager" and triton_runs_on(run.device),
         "kernels_used": kernels_used(run.config.kernels, run.device),
+        "linear_choices": linear_choices,  # measured per case on a GPU (fastgen/ops/linear_tuning.py)
         "torch_threads": torch.get_num_threads(),
         "cpu_tuning": cpu_tuning,
         "world_size": run.group.world_size if run.group is not None else 1,

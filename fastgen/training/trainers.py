@@ -16,6 +16,7 @@ from fastgen.evaluation import likelihood
 from fastgen.models import VAE, Discriminator, Generator
 from fastgen.models.layers import new_philox_key, next_key
 from fastgen.models.stacked import stack
+from fastgen.models.tuning import tune_fused_linears
 from fastgen.ops.rng import normal
 from fastgen.training.ema import EMA
 from fastgen.training.optim import DeviceLossScaler, StepAdam
@@ -43,6 +44,7 @@ class Trainer(Protocol):
     def step(self, batch: torch.Tensor) -> torch.Tensor: ...
     def train(self, mode: bool = True) -> None: ...
     def epoch_metrics(self) -> dict[str, float] | list[dict[str, float]]: ...
+    def tune_kernels(self, batch_size: int, dtype: torch.dtype) -> dict[str, str]: ...
     def sample_grids(self) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]: ...
 
 
@@ -208,6 +210,12 @@ class GANTrainer:
         self.generator.train(mode)
         self.discriminator.train(mode)
 
+    def tune_kernels(self, batch_size: int, dtype: torch.dtype) -> dict[str, str]:
+        """The fused linears' implementations measured at the step's shapes (a GPU only): G sees B rows, D the real
+        and fake batches together (2B) and the fake one alone (B)."""
+        g = tune_fused_linears(self.generator, (batch_size,), dtype)
+        return {**g, **tune_fused_linears(self.discriminator, (2 * batch_size, batch_size), dtype)}
+
     def epoch_metrics(self) -> dict[str, float] | list[dict[str, float]]:
         return {} if self.replicas is None else [{} for _ in self.seeds]
 
@@ -258,6 +266,10 @@ class VAETrainer:
 
     def train(self, mode: bool = True) -> None:
         self.vae.train(mode)
+
+    def tune_kernels(self, batch_size: int, dtype: torch.dtype) -> dict[str, str]:
+        """The fused linears' implementations measured at the step's shapes (a GPU only)."""
+        return tune_fused_linears(self.vae, (batch_size,), dtype)
 
     def epoch_metrics(self) -> dict[str, float] | list[dict[str, float]]:
         """The mean test loss per image, eps drawn from a fixed key so epochs compare like for like."""

@@ -177,6 +177,24 @@ def linear_leaky_relu_dropout_bwd_kernel(
     tl.store(grad_pre_ptr + base + offs, (g * d).to(grad_pre_ptr.dtype.element_ty), mask=in_bounds)
 
 
+@triton.jit
+def leaky_relu_dropout_kernel(
+    pre_ptr, key_ptr, n_elements, stride_s, negative_slope, p, HAS_DROPOUT: tl.constexpr, BLOCK: tl.constexpr
+):
+    """The fused forward's epilogue as its own pass, in place on a matmul's output (bias already added): what runs
+    after cuBLAS where the measured choice says cuBLAS is faster (fastgen/ops/linear_tuning.py). pre is contiguous
+    (replicas, M, N); the flat offset within replica r is the fused kernel's element index, so the mask is the
+    same."""
+    base, key_ptr, offs = replica_block(key_ptr, stride_s, BLOCK)
+    in_bounds = offs < n_elements
+    acc = tl.load(pre_ptr + base + offs, mask=in_bounds, other=0.0).to(tl.float32)
+    y = tl.where(acc > 0, acc, acc * tl.cast(negative_slope, tl.float32))
+    if HAS_DROPOUT:
+        p32 = tl.cast(p, tl.float32)
+        y = tl.where(philox_keep(key_ptr, offs, p32), y / (1.0 - p32), 0.0)
+    tl.store(pre_ptr + base + offs, y.to(pre_ptr.dtype.element_ty), mask=in_bounds)
+
+
 # For the ahead-of-time build (bench/aot_builds.py, tests/test_gpu_builds.py), per kernel: each
 # parameter's Triton type ("{dtype}" is the op's float type: fp32, fp16 or bf16), every value each
 # constexpr can take from the launcher (per dtype where it depends on it), the unit strides Triton
@@ -223,6 +241,19 @@ AOT_BUILDS = {
             grad_y_ptr="*{dtype}",
             y_ptr="*{dtype}",
             grad_pre_ptr="*{dtype}",
+            key_ptr="*i64",
+            n_elements="i32",
+            stride_s="i32",
+            negative_slope="fp32",
+            p="fp32",
+            HAS_DROPOUT="constexpr",
+            BLOCK="constexpr",
+        ),
+        constexprs=dict(HAS_DROPOUT=(False, True), BLOCK=(1024,)),
+    ),
+    "leaky_relu_dropout_kernel": dict(
+        args=dict(
+            pre_ptr="*{dtype}",
             key_ptr="*i64",
             n_elements="i32",
             stride_s="i32",

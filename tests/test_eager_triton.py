@@ -1,0 +1,136 @@
+"""The eager fast path where Triton runs (a `torch.autograd.Function` per op that launches the registered op's
+kernels directly; on the CPU the kernels run interpreted): bit for bit the registered ops' outputs, gradients and
+key steps, taken by eager calls, while torch.compile still traces the registered `fastgen::` ops."""
+
+import importlib
+
+import pytest
+import torch
+
+import fastgen
+from fastgen.ops import bce_kl_loss, cpu_backend, dispatch, linear_leaky_relu_dropout, reparameterize
+from fastgen.ops.dispatch import HAS_TRITON, TRITON_INTERPRET
+
+pytestmark = pytest.mark.skipif(not (HAS_TRITON and TRITON_INTERPRET), reason="needs the Triton interpreter (TRITON_INTERPRET=1)")
+
+
+@pytest.fixture(autouse=True)
+def interpreted_triton():
+    with cpu_backend("triton"):
+        yield
+
+
+def _layer(dtype, p, bias):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 33, generator=gen).to(dtype).requires_grad_()
+    w = torch.randn(19, 33, generator=gen).to(dtype).requires_grad_()
+    b = torch.randn(19, generator=gen).to(dtype).requires_grad_() if bias else None
+    key = torch.tensor([123, 4])
+    return (x, w, b), lambda x, w, b: linear_leaky_relu_dropout(x, w, b, negative_slope=0.2, p=p, seed=key)
+
+
+def _reparameterize(dtype, given_eps):
+    gen = torch.Generator().manual_seed(1)
+    mu, logvar = (torch.randn(9, 16, generator=gen).to(dtype).requires_grad_() for _ in range(2))
+    eps = torch.randn(9, 16, generator=gen).to(dtype).requires_grad_() if given_eps else None
+    return (mu, logvar, eps), lambda m, v, e: reparameterize(m, v, eps=e, seed=None if e is not None else 77)
+
+
+def _bce_kl(dtype, reduction):
+    gen = torch.Generator().manual_seed(2)
+    logits = (torch.randn(5, 40, generator=gen) * 3).to(dtype).requires_grad_()
+    target = torch.rand(5, 40, generator=gen).to(dtype)
+    mu, logvar = (torch.randn(5, 6, generator=gen).to(dtype).requires_grad_() for _ in range(2))
+    return (logits, mu, logvar), lambda a, m, v: bce_kl_loss(a, target, m, v, reduction=reduction)
+
+
+CASES = {
+    "layer p=0.3": lambda d: _layer(d, 0.3, True),
+    "layer p=0 no bias": lambda d: _layer(d, 0.0, False),
+    "reparameterize": lambda d: _reparameterize(d, False),
+    "reparameterize given eps": lambda d: _reparameterize(d, True),
+    "bce_kl_loss mean": lambda d: _bce_kl(d, "mean"),
+    "bce_kl_loss none": lambda d: _bce_kl(d, "none"),
+}
+
+
+def _output_and_grads(inputs, fn):
+    leaves = [t for t in inputs if t is not None]
+    for t in leaves:
+        t.grad = None
+    out = fn(*inputs)
+    out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape).to(out.dtype))
+    return out.detach().clone(), [t.grad.clone() for t in leaves]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_fast_path_equals_the_registered_op_bit_for_bit(monkeypatch, case, dtype):
+    inputs, fn = CASES[case](dtype)
+    fast_out, fast_grads = _output_and_grads(inputs, fn)
+    monkeypatch.setattr(dispatch, "EAGER_TRITON", False)
+    op_out, op_grads = _output_and_grads(inputs, fn)
+    assert torch.equal(fast_out, op_out)
+    assert all(torch.equal(a, b) for a, b in zip(fast_grads, op_grads))
+
+
+OP_MODULES = {"layer p=0.3": "linear_leaky_relu_dropout", "reparameterize": "reparameterize", "bce_kl_loss mean": "bce_kl_loss"}
+
+
+@pytest.mark.parametrize("case", list(OP_MODULES))
+def test_an_eager_call_skips_the_custom_op_dispatch(monkeypatch, case):
+    """The registered op's Python entry (`_forward`, a torch.library op) is not called eagerly; with the fast path off it is."""
+    module = importlib.import_module(f"fastgen.ops.{OP_MODULES[case]}")
+    calls = []
+    registered = module._forward
+    monkeypatch.setattr(module, "_forward", lambda *args: calls.append(1) or registered(*args))
+    inputs, fn = CASES[case](torch.float32)
+    fn(*inputs).sum().backward()
+    assert calls == []
+    monkeypatch.setattr(dispatch, "EAGER_TRITON", False)
+    fn(*inputs).sum().backward()
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("case", ["layer p=0.3", "reparameterize", "bce_kl_loss mean"])
+def test_torch_compile_traces_the_registered_op(case):
+    inputs, fn = CASES[case](torch.float32)
+    targets = []
+
+    def backend(gm, example_inputs):
+        targets.extend(str(node.target) for node in gm.graph.nodes)
+        return gm
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend=backend, fullgraph=True)
+    assert torch.equal(compiled(*inputs), fn(*inputs))
+    assert any(t.startswith("fastgen.") for t in targets), targets
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_layer_takes_the_fast_path_with_the_same_masks_and_key_steps(monkeypatch, training):
+    """LinearLeakyReLUDropout called eagerly: the fast path's function (not the functional op), and the same
+    outputs, gradients and key advance as through the registered op, call after call."""
+    module = importlib.import_module("fastgen.models.layers")
+    applied = []
+    fast_apply = module.EagerTritonLinear.apply
+    monkeypatch.setattr(module.EagerTritonLinear, "apply", lambda *a: applied.append(1) or fast_apply(*a))
+
+    def run():
+        torch.manual_seed(0)
+        layer = fastgen.LinearLeakyReLUDropout(33, 19, negative_slope=0.2, p=0.3).train(training)
+        x = torch.randn(7, 33, requires_grad=True)
+        outs = []
+        for _ in range(3):
+            y = layer(x)
+            y.backward(torch.ones_like(y))
+            outs += [y.detach().clone(), x.grad.clone(), layer.weight.grad.clone(), layer.philox_key.clone()]
+            x.grad = layer.weight.grad = layer.bias.grad = None
+        return outs
+
+    fast = run()
+    assert len(applied) == 3
+    monkeypatch.setattr(dispatch, "EAGER_TRITON", False)
+    assert all(torch.equal(a, b) for a, b in zip(fast, run()))
+    assert len(applied) == 3
+    assert int(fast[3][1]) == (1 if training else 0)  # the key's step after the first call (eval mode draws no mask)
