@@ -27,11 +27,14 @@ def _tile(block_m, block_n, block_k, warps, stages):
 # torch.compile drops it when it compiles a user kernel's configs.)
 # Tensor cores (fp16, bf16; fp32 as TF32): BLOCK_K 32, because operands that are not 16-byte aligned (K = 100,
 # a strided x) are staged through registers, and with BLOCK_K 64 that alone spills.
+# The 16-row tiles are for the paper's small batches: at M = 32 and N = 256 a 64x64 tile keeps 4 of an H100's
+# 132 SMs busy, a 16x32 one 16 (cuBLAS, the other candidate, splits K where that pays).
 TENSOR_CORE_CONFIGS = [
     _tile(128, 128, 32, 8, 3),
     _tile(64, 128, 32, 8, 3),
     _tile(64, 64, 32, 4, 3),
     _tile(16, 64, 32, 4, 3),
+    _tile(16, 32, 32, 2, 3),
 ]
 # Dropout draws a Philox block (four 32-bit words live while it is computed) for every element of the tile:
 # at most 32 elements a thread (64 accumulators a thread and their 256 words do not fit in 255 registers).
@@ -43,6 +46,7 @@ FMA_CONFIGS = [
     _tile(128, 64, 16, 8, 2),
     _tile(64, 128, 16, 8, 3),
     _tile(32, 64, 32, 4, 3),
+    _tile(16, 32, 32, 2, 3),
 ]
 GPU_CONFIGS = TENSOR_CORE_CONFIGS + [c for c in FMA_CONFIGS if c not in TENSOR_CORE_CONFIGS]
 # The numpy interpreter: one large tile, no tuning.
