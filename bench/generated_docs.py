@@ -177,12 +177,17 @@ def device_sections(runs: list[dict]) -> list[str]:
     return lines[:-1]
 
 
-def seed_group_section(root: Path = RESULTS) -> list[str]:
-    """Every results folder's seed-group.md (written by `python -m bench.seed_group`), under its folder's name."""
+def results_tables(root: Path, name: str, none_yet: str) -> list[str]:
+    """Every results folder's `name` (a table a bench module writes), under its folder's name; else `none_yet`."""
     lines = []
-    for path in sorted(root.glob("*/seed-group.md")):
+    for path in sorted(root.glob(f"*/{name}")):
         lines += [f"### `bench/results/{path.parent.name}/`", "", *path.read_text().rstrip("\n").split("\n"), ""]
-    return lines[:-1] or ["No group of seeds has been measured yet."]
+    return lines[:-1] or [none_yet]
+
+
+def seed_group_section(root: Path = RESULTS) -> list[str]:
+    """Every results folder's seed-group.md (written by `python -m bench.seed_group`)."""
+    return results_tables(root, "seed-group.md", "No group of seeds has been measured yet.")
 
 
 def comparison_section(folder: Path) -> list[str]:
@@ -221,6 +226,8 @@ def sections(repo: Path, runs: list[dict]) -> dict[str, dict[str, list[str]]]:
             "devices": device_sections(runs),
             "limits": limits_section(repo / "bench" / "results"),
             "seed-groups": seed_group_section(repo / "bench" / "results"),
+            "op-rivals": results_tables(repo / "bench" / "results", "op-rivals.md", "Not yet measured on a GPU."),
+            "kernel-profiles": results_tables(repo / "bench" / "results", "kernel-profile.md", "Not yet measured on a GPU."),
         },
     }
 
