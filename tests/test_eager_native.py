@@ -132,3 +132,16 @@ def test_the_dispatcher_knows_the_dtypes_the_native_kernels_take():
     from fastgen.ops.dispatch import NATIVE_DTYPES
 
     assert NATIVE_DTYPES == native.DTYPES
+
+
+def test_an_eval_call_can_be_differentiated_after_a_training_call_advanced_the_key():
+    """The fast path saves the key it used for the backward: without dropout a shared constant, not the layer's
+    buffer, which the training call below advances in place."""
+    import fastgen
+
+    layer = fastgen.LinearLeakyReLUDropout(6, 5, p=0.3, kernels="native")
+    x = torch.randn(3, 6, requires_grad=True)
+    evaluated = layer.eval()(x)
+    layer.train()(x)
+    evaluated.sum().backward()
+    assert x.grad is not None and int(layer.philox_key[1]) == 1

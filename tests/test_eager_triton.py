@@ -134,3 +134,14 @@ def test_the_layer_takes_the_fast_path_with_the_same_masks_and_key_steps(monkeyp
     assert all(torch.equal(a, b) for a, b in zip(fast, run()))
     assert len(applied) == 3
     assert int(fast[3][1]) == (1 if training else 0)  # the key's step after the first call (eval mode draws no mask)
+
+
+def test_an_eval_call_can_be_differentiated_after_a_training_call_advanced_the_key():
+    """The fast path saves the key it used for the backward: without dropout a shared constant, not the layer's
+    buffer, which the training call below advances in place."""
+    layer = fastgen.LinearLeakyReLUDropout(6, 5, p=0.3)
+    x = torch.randn(3, 6, requires_grad=True)
+    evaluated = layer.eval()(x)
+    layer.train()(x)
+    evaluated.sum().backward()
+    assert x.grad is not None and int(layer.philox_key[1]) == 1

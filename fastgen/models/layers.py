@@ -19,6 +19,13 @@ def new_philox_key() -> torch.Tensor:
 
 
 _NEXT_STEP = {}  # device -> (0, 1), the key's increment, for keys advanced eagerly
+_UNREAD_KEY = {}  # device -> (0, 0), what the eager fast paths pass as the key when p = 0 (never read, never written)
+
+
+def _on(cache: dict, value: list[int], device: torch.device) -> torch.Tensor:
+    if device not in cache:
+        cache[device] = torch.tensor(value, device=device)
+    return cache[device]
 
 
 def next_key(key_buffer: torch.Tensor) -> torch.Tensor:
@@ -28,10 +35,7 @@ def next_key(key_buffer: torch.Tensor) -> torch.Tensor:
     if torch.compiler.is_compiling():
         key_buffer[..., 1] += 1
     else:  # one op: the indexed += above is three eagerly
-        device = key_buffer.device
-        if device not in _NEXT_STEP:
-            _NEXT_STEP[device] = torch.tensor([0, 1], device=device)
-        key_buffer.add_(_NEXT_STEP[device])
+        key_buffer.add_(_on(_NEXT_STEP, [0, 1], key_buffer.device))
     return key
 
 
@@ -67,12 +71,14 @@ class LinearLeakyReLUDropout(nn.Linear):
         p = self.p if self.training else 0.0
         if x.dim() == 2 and x.dtype == self.weight.dtype and not torch.is_autocast_enabled(x.device.type):
             # The eager fast paths: what the functional op checks holds by construction here but x's shape, which
-            # the matmul checks. The key is not read when p = 0.
+            # the matmul checks.
+            # Without dropout the key is a shared constant: the layer's own buffer, saved for the backward, would
+            # be refused there once a later training call has advanced it in place.
             if self.kernels == "native" and eager_native.use_eager_native(x.device, x.dtype):
-                key = next_key(self.philox_key) if p > 0.0 else self.philox_key
+                key = next_key(self.philox_key) if p > 0.0 else _on(_UNREAD_KEY, [0, 0], x.device)
                 return eager_native.linear_leaky_relu_dropout(x, self.weight, self.bias, key, self.negative_slope, p)
             if self.kernels != "eager" and use_eager_triton(x.device):
-                key = next_key(self.philox_key) if p > 0.0 else self.philox_key
+                key = next_key(self.philox_key) if p > 0.0 else _on(_UNREAD_KEY, [0, 0], x.device)
                 return EagerTritonLinear.apply(x, self.weight, self.bias, key, self.negative_slope, p)
         key = next_key(self.philox_key) if p > 0.0 else None
         return linear_leaky_relu_dropout(

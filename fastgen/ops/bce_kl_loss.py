@@ -97,9 +97,10 @@ class EagerTritonBCEKL(torch.autograd.Function):
     directly (bit for bit the registered op's outputs and gradients: tested)."""
 
     @staticmethod
-    def forward(ctx, logits, target, mu, logvar):
-        ctx.save_for_backward(logits, target, mu, logvar)
+    def forward(logits, target, mu, logvar):
         return _triton_forward(logits, target, mu, logvar)
+
+    setup_context = staticmethod(_setup_context)
 
     @staticmethod
     def backward(ctx, grad_loss):

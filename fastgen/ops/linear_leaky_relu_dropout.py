@@ -223,11 +223,10 @@ class EagerTritonLinear(torch.autograd.Function):
     directly, forward and backward (bit for bit the registered op's outputs and gradients: tested)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, key, negative_slope: float, p: float):
-        y = _triton_forward(x, weight, bias, key, negative_slope, p)
-        ctx.save_for_backward(x, weight, y, key)
-        ctx.negative_slope, ctx.p = negative_slope, p
-        return y
+    def forward(x, weight, bias, key, negative_slope: float, p: float):
+        return _triton_forward(x, weight, bias, key, negative_slope, p)
+
+    setup_context = staticmethod(_setup_context)
 
     @staticmethod
     def backward(ctx, grad_y):

@@ -136,9 +136,10 @@ class EagerTritonReparameterize(torch.autograd.Function):
     directly (bit for bit the registered op's outputs and gradients: tested)."""
 
     @staticmethod
-    def forward(ctx, mu, logvar, eps, key):
-        _setup_context(ctx, (mu, logvar, eps, key), None)
+    def forward(mu, logvar, eps, key):
         return _triton_forward(mu, logvar, eps, key)
+
+    setup_context = staticmethod(_setup_context)
 
     @staticmethod
     def backward(ctx, grad_z):
