@@ -46,6 +46,7 @@ def _build(model: str, variant: str, device: torch.device, compiled: bool, kerne
     torch.manual_seed(0)
     config = TrainConfig(model=model, batch_size=BATCH[model], kernels=kernels).resolved()
     trainer = TRAINERS[model](config, device, torch.bfloat16)
+    trainer.tune_kernels(BATCH[model], torch.bfloat16)  # as training does before it compiles (a GPU only)
     if variant != VARIANTS[0]:
         autocast_over_float32_weights(trainer)
     low = -1.0 if model == "gan" else 0.0

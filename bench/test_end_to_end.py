@@ -61,6 +61,7 @@ def test_fastgen(benchmark, record, device, mnist, model, amp):
         trainer = plain_trainer(model, config, device)
     else:
         trainer = TRAINERS[model](config, device, amp_dtype)
+        trainer.tune_kernels(config.batch_size, amp_dtype or torch.float32)  # as fastgen.train does (a GPU only)
     step = build_step(trainer.step, device, True, device.type == "cuda", print)
     generator = torch.Generator(device=device).manual_seed(0)
     n = _steps(model, device)

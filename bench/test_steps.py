@@ -48,7 +48,9 @@ def make_trainer(model: str, variant: str, batch: int, device: torch.device, amp
     if kernels == "plain":
         return plain_trainer(model, TrainConfig(model=model, batch_size=batch).resolved(), device, amp_dtype)
     config = TrainConfig(model=model, batch_size=batch, kernels=kernels, seeds=seeds).resolved()
-    return TRAINERS[model](config, device, amp_dtype)
+    trainer = TRAINERS[model](config, device, amp_dtype)
+    trainer.tune_kernels(batch, amp_dtype or torch.float32)  # as training does before it compiles (a GPU only)
+    return trainer
 
 
 @pytest.mark.parametrize("amp", ["fp32", "bf16"])
