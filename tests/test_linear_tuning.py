@@ -165,3 +165,29 @@ def test_the_triton_apis_the_launch_and_the_timer_use_exist():
     assert callable(kernel.fn.__getitem__) and kernel.fn.arg_names[0] == "x_ptr"
     for config in kernel.configs:
         assert {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"} == set(config.kwargs) and config.num_warps and config.num_stages
+
+
+@pytest.mark.parametrize("model", ["gan", "vae"])
+def test_a_trainers_warm_up_measures_every_case_its_step_launches(monkeypatch, model):
+    """`Trainer.tune_kernels` before the step is compiled: afterwards the step itself (here eager, interpreted, as if on
+    a GPU) finds every fused linear's case measured and measures nothing more."""
+    from fastgen.config import TrainConfig
+    from fastgen.training.trainers import TRAINERS
+
+    timed = []
+    monkeypatch.setattr(linear_tuning, "can_measure", linear_tuning.not_tracing)  # as if these were CUDA tensors
+    monkeypatch.setattr(op_module, "_time", lambda launch: timed.append(1) or float(len(timed) % 3))
+    torch.manual_seed(0)
+    batch = 4
+    trainer = TRAINERS[model](TrainConfig(model=model, batch_size=batch, kernels="triton").resolved(), CPU)
+    choices = trainer.tune_kernels(batch, torch.float32)
+    layers = {"gan": [(100, 256), (256, 512), (512, 1024), (784, 1024), (1024, 512), (512, 256)], "vae": None}[model]
+    if layers:  # G's three hidden layers at B rows, D's three at 2B and at B
+        rows = [batch] * 3 + [2 * batch] * 3 + [batch] * 3
+        expected = {f"0x{m}x{n}x{k}" for m, (k, n) in zip(rows, layers[:3] + layers[3:] + layers[3:])}
+        assert {key.split("-")[0] for key in choices} == expected
+    measured = len(timed)
+    assert measured and all(choices.values())
+    low = -1.0 if model == "gan" else 0.0
+    trainer.step(torch.rand(batch, 784) * (1 - low) + low)
+    assert len(timed) == measured  # the step's calls were all measured before it ran
