@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import statistics
 import time
 
 import torch
 
-from bench.telemetry import results_folder
+from bench.telemetry import write_result
 from fastgen.config import TrainConfig
 from fastgen.environment import device_name
 from fastgen.ops import cpu_backend, native
@@ -128,18 +126,12 @@ def main(argv=None) -> list[dict]:
     if device.type == "cpu":
         tune_for_cpu_training()
     name, date = device_name(device), time.strftime("%Y-%m-%d", time.gmtime())
-    out = args.out or os.path.join("bench", "results", results_folder())
     with cpu_backend("native") if on_native else contextlib.nullcontext():
         kernels = "native" if on_native else "auto"
         results = [measure(model, device, args.rounds, not args.eager, kernels) for model in args.models]
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "amp-step.json"), "w") as f:
-        json.dump({"device": name, "date": date, "compiled": not args.eager, "results": results}, f, indent=1)
     path = "eager" if args.eager else "compiled and CUDA-graphed" if device.type == "cuda" else "compiled"
-    table = _table(results, f"{name}, {date}", path)
-    with open(os.path.join(out, "amp-step.md"), "w") as f:
-        f.write(table)
-    print(table)
+    record = {"device": name, "date": date, "compiled": not args.eager, "results": results}
+    write_result(args.out, "amp-step", record, _table(results, f"{name}, {date}", path))
     return results
 
 

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import time
 from collections import defaultdict
 
 import torch
 
 from bench.plain_step import plain_trainer
-from bench.telemetry import results_folder
+from bench.telemetry import write_result
 from fastgen.config import TrainConfig
 from fastgen.environment import device_name
 from fastgen.ops import cpu_backend, native
@@ -117,17 +115,10 @@ def main(argv=None) -> list[dict]:
                     row[variant] = profile(run, device, args.steps)
                 results.append(row)
     name, date = device_name(device), time.strftime("%Y-%m-%d", time.gmtime())
-    out = args.out or os.path.join("bench", "results", results_folder())
-    os.makedirs(out, exist_ok=True)
     record = {"device": name, "cuda": device.type == "cuda", "date": date, "steps": args.steps, "results": results}
-    with open(os.path.join(out, "kernel-profile.json"), "w") as f:
-        json.dump(record, f, indent=1)
     what = "CUDA kernels of the compiled, CUDA-graphed step" if device.type == "cuda" else "operators of the compiled step"
     header = f"Per-kernel profile, {what}, {name}, {date} (`python -m bench.kernel_profile`), {args.steps} steps."
-    text = _markdown(results, header)
-    with open(os.path.join(out, "kernel-profile.md"), "w") as f:
-        f.write(text)
-    print(text)
+    write_result(args.out, "kernel-profile", record, _markdown(results, header))
     return results
 
 

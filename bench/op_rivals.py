@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import statistics
 import time
 
@@ -27,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastgen
-from bench.telemetry import results_folder
+from bench.telemetry import write_result
 from fastgen.environment import device_name
 from fastgen.models.layers import Reparameterize
 from fastgen.ops import bce_kl_loss, cpu_backend, native
@@ -138,20 +136,13 @@ def main(argv=None) -> list[dict]:
             for batch in args.batches
             for dtype in args.dtypes
         ]
-    out = args.out or os.path.join("bench", "results", results_folder())
-    os.makedirs(out, exist_ok=True)
     record = {"device": name, "cuda": device.type == "cuda", "date": date, "calls": args.calls, "results": results}
-    with open(os.path.join(out, "op-rivals.json"), "w") as f:
-        json.dump(record, f, indent=1)
     header = (
         f"Each op forward+backward against the plain PyTorch it replaces, {name}, {date} (`python -m bench.op_rivals`): "
         f"{args.calls} calls back to back per round, {args.rounds} rounds interleaved; fastgen on its "
         f"{'Triton' if device.type == 'cuda' else 'native CPU' if on_native else 'eager'} kernels."
     )
-    text = table(results, header)
-    with open(os.path.join(out, "op-rivals.md"), "w") as f:
-        f.write(text)
-    print(text)
+    write_result(args.out, "op-rivals", record, table(results, header))
     return results
 
 

@@ -13,8 +13,6 @@ t(group) / t(single). Writes seed-group.json and seed-group.md into --out (defau
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -75,7 +73,7 @@ def table(results: list[dict], device: str, on_gpu: bool, date: str) -> str:
 def main(argv=None) -> None:
     import torch
 
-    from bench.telemetry import results_folder
+    from bench.telemetry import write_result
     from fastgen.environment import device_name
 
     on_gpu = torch.cuda.is_available()
@@ -84,18 +82,13 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=5 if on_gpu else 3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variant", default="graphed" if on_gpu else "native compiled")
-    parser.add_argument("--out", default=os.path.join("bench", "results", results_folder()))
+    parser.add_argument("--out", help="folder for seed-group.json and .md (default bench/results/<device>/)")
     args = parser.parse_args(argv)
     device = device_name(torch.device("cuda" if on_gpu else "cpu"))
     date = time.strftime("%Y-%m-%d", time.gmtime())
     results = [measure(model, args.seeds, args.repeats, args.variant) for model in args.models]
-    text = table(results, device, on_gpu, date)
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "seed-group.json"), "w") as handle:
-        json.dump({"device": device, "date": date, "on_gpu": on_gpu, "results": results}, handle, indent=2)
-    with open(os.path.join(args.out, "seed-group.md"), "w") as handle:
-        handle.write(text)
+    record = {"device": device, "date": date, "on_gpu": on_gpu, "results": results}
+    write_result(args.out, "seed-group", record, table(results, device, on_gpu, date))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 
 import torch
@@ -49,3 +51,15 @@ def results_folder() -> str:
     """This machine's folder name under bench/results: the GPU's name, else "cpu-" and the CPU's."""
     name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu " + device_name(torch.device("cpu"))
     return re.sub(r"[^a-z0-9]+", "-", name.lower().replace("(r)", "")).strip("-")
+
+
+def write_result(out: str | None, stem: str, record: dict, table: str) -> None:
+    """A bench module's result: `stem`.json (the record) and `stem`.md (its table, also printed) in `out`, by default
+    this machine's folder under bench/results/."""
+    out = out or os.path.join("bench", "results", results_folder())
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{stem}.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    with open(os.path.join(out, f"{stem}.md"), "w") as f:
+        f.write(table)
+    print(table)
