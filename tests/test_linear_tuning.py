@@ -24,6 +24,7 @@ def own_cache(tmp_path, monkeypatch):
     """A fresh cache folder and no choices in memory, as in a new process on a new machine."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(linear_tuning, "_caches", {})
+    monkeypatch.setattr(linear_tuning, "_known", {})
     with cpu_backend("triton"):
         yield
 
@@ -45,6 +46,7 @@ def test_the_fastest_candidate_is_kept_measured_once_and_read_back_by_a_new_proc
     assert linear_tuning.tune(CASE, CPU, time_candidate) == linear_tuning.CUBLAS
     assert len(calls) == len(linear_tuning.candidates(CASE))  # known: not measured again
     monkeypatch.setattr(linear_tuning, "_caches", {})  # a new process
+    monkeypatch.setattr(linear_tuning, "_known", {})
     assert linear_tuning.choice(CASE, CPU) == linear_tuning.CUBLAS
     saved = json.loads(linear_tuning.cache_for(CPU).path.read_text())
     assert saved["identity"] == linear_tuning.identity(CPU) and saved["choices"] == {CASE.key(): linear_tuning.CUBLAS}
@@ -60,6 +62,7 @@ def test_a_corrupt_or_foreign_cache_file_is_ignored_and_rewritten(monkeypatch, c
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(content)
     monkeypatch.setattr(linear_tuning, "_caches", {})
+    monkeypatch.setattr(linear_tuning, "_known", {})
     assert linear_tuning.choice(CASE, CPU) is None
     time_candidate, calls = _timer(linear_tuning.CUBLAS)
     linear_tuning.tune(CASE, CPU, time_candidate)
@@ -113,7 +116,7 @@ def test_tracing_never_measures(monkeypatch):
 
     timed, launched = [], []
     monkeypatch.setattr(op_module, "_time", lambda launch: timed.append(1) or 1.0)
-    monkeypatch.setattr(op_module, "_launch", lambda name, x, *rest: launched.append(name) or x)
+    monkeypatch.setattr(op_module, "_launch", lambda name, case, x, *rest: launched.append(name) or x)
     monkeypatch.setattr(linear_tuning, "can_measure", linear_tuning.not_tracing)  # as if these were CUDA tensors
     args = (torch.randn(5, 10), torch.randn(24, 10), torch.randn(24), torch.tensor([3, 1]), 0.2, 0.3)
     assert linear_tuning.not_tracing(*args[:4])  # eager, real tensors: where a GPU would measure
@@ -147,7 +150,7 @@ def test_every_choice_draws_the_same_mask_and_computes_the_same_layer(replicas, 
         assert pre.shape == expected.shape
     case = op_module._linear_case(x, w, b, 0.3)
     for name in [None, *linear_tuning.candidates(case)]:
-        y = op_module._launch(name, x, w, b, key, 0.2, 0.3)
+        y = op_module._launch(name, case, x, w, b, key, 0.2, 0.3)
         assert torch.equal(y != 0, mask.bool() & (expected != 0)), name
         torch.testing.assert_close(y.float(), expected, **({} if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)))
 
@@ -191,3 +194,13 @@ def test_a_trainers_warm_up_measures_every_case_its_step_launches(monkeypatch, m
     low = -1.0 if model == "gan" else 0.0
     trainer.step(torch.rand(batch, 784) * (1 - low) + low)
     assert len(timed) == measured  # the step's calls were all measured before it ran
+
+
+def test_a_case_with_symbolic_sizes_has_no_choice():
+    """A step traced for any batch size (dynamic shapes) sees M as a symbol: no choice, the autotuned kernel."""
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    linear_tuning.cache_for(CPU).put(CASE.key(), linear_tuning.CUBLAS)
+    assert linear_tuning.choice(CASE, CPU) == linear_tuning.CUBLAS
+    symbol = ShapeEnv().create_unbacked_symint()
+    assert linear_tuning.choice(CASE._replace(M=symbol), CPU) is None

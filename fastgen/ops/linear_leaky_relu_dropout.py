@@ -53,17 +53,20 @@ def _triton_forward(x, weight, bias, key, negative_slope: float, p: float) -> to
     case = _linear_case(x, weight, bias, p)
     name = linear_tuning.choice(case, x.device)
     if name is None and linear_tuning.can_measure(x, weight, bias, key):
-        name = linear_tuning.tune(case, x.device, lambda n: _time(lambda: _launch(n, x, weight, bias, key, negative_slope, p)))
-    return _launch(name, x, weight, bias, key, negative_slope, p)
+        launch = (x, weight, bias, key, negative_slope, p)
+        name = linear_tuning.tune(case, x.device, lambda n: _time(lambda: _launch(n, case, *launch)))
+    return _launch(name, case, x, weight, bias, key, negative_slope, p)
+
+
+_TRITON_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 def _linear_case(x, weight, bias, p: float) -> linear_tuning.LinearCase:
     M, K = x.shape[-2:]
-    dtype = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[x.dtype]
     replicas = x.shape[0] if x.dim() == 3 else 0
-    return linear_tuning.LinearCase(
-        replicas, M, weight.shape[-2], K, dtype, bias is not None, p > 0.0, _input_precision(x.dtype), x.stride(-1) == 1
-    )
+    dtype, precision = _TRITON_NAMES[x.dtype], _input_precision(x.dtype)
+    N, row_major = weight.shape[-2], x.stride(-1) == 1
+    return linear_tuning.LinearCase(replicas, M, N, K, dtype, bias is not None, p > 0.0, precision, row_major)
 
 
 def _time(launch) -> float:
@@ -73,8 +76,8 @@ def _time(launch) -> float:
     return triton.testing.do_bench(launch, warmup=5, rep=20, return_mode="median") / 1e3
 
 
-def _launch(name, x, weight, bias, key, negative_slope: float, p: float) -> torch.Tensor:
-    """The forward by one candidate: a tile config's name (that config, no autotuner), CUBLAS, or None (the
+def _launch(name, case, x, weight, bias, key, negative_slope: float, p: float) -> torch.Tensor:
+    """The forward by one candidate of `case`: a tile config's name (that config, no autotuner), CUBLAS, or None (the
     autotuned kernel). Grid axis 1 runs the replicas, a single call being one replica with replica strides 0."""
     from fastgen.ops.triton.linear_leaky_relu_dropout import leaky_relu_dropout_kernel
     from fastgen.ops.triton.linear_leaky_relu_dropout import linear_leaky_relu_dropout_fwd_kernel as tuned
@@ -96,7 +99,7 @@ def _launch(name, x, weight, bias, key, negative_slope: float, p: float) -> torc
         return y
     kernel, config = tuned, {}
     if name is not None:  # the measured config, launched as it is: no autotuner on the call's path
-        chosen = linear_tuning.candidates(_linear_case(x, weight, bias, p))[name]
+        chosen = linear_tuning.candidates(case)[name]
         kernel, config = tuned.fn, dict(**chosen.kwargs, num_warps=chosen.num_warps, num_stages=chosen.num_stages)
 
     def replica_stride(t):

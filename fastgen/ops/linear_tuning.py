@@ -14,10 +14,11 @@ format, or written for another GPU or version is ignored and rewritten.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -25,9 +26,9 @@ CUBLAS = "cublas"  # torch.addmm (cuBLAS) with the bias, then the Triton epilogu
 FORMAT = 1  # the cache file's layout; a file of another format is ignored
 
 
-@dataclass(frozen=True)
-class LinearCase:
-    """What the choice depends on: one call's shapes (per replica), dtype and variant."""
+class LinearCase(NamedTuple):
+    """What the choice depends on: one call's shapes (per replica), dtype and variant. A tuple: an eager call builds
+    one and looks it up, so it must cost little."""
 
     replicas: int  # 0 for a single call, else the number of stacked replicas
     M: int
@@ -50,8 +51,9 @@ def config_name(config) -> str:
     return f"m{kw['BLOCK_M']}n{kw['BLOCK_N']}k{kw['BLOCK_K']}w{config.num_warps}s{config.num_stages}"
 
 
+@functools.cache
 def candidates(case: LinearCase) -> dict:
-    """Name -> tile config of every candidate for this case (None for cuBLAS + epilogue)."""
+    """Name -> tile config of every candidate for this case (None for cuBLAS + epilogue); do not modify it."""
     from fastgen.ops.dispatch import TRITON_INTERPRET
     from fastgen.ops.triton import linear_leaky_relu_dropout as kernels
 
@@ -109,6 +111,7 @@ class ChoiceCache:
 
 
 _caches: dict[torch.device, ChoiceCache] = {}
+_known: dict[tuple[torch.device, LinearCase], str] = {}  # the choices an eager call looks up, without the file's keys
 MEASUREMENTS = 0  # candidates timed in this process (tests count them: a known case is never measured again)
 
 
@@ -122,8 +125,15 @@ def cache_for(device: torch.device) -> ChoiceCache:
 
 def choice(case: LinearCase, device: torch.device) -> str | None:
     """The remembered choice for this case on this device, or None (then the autotuned fused kernel runs)."""
-    name = cache_for(device).get(case.key())
-    return name if name in candidates(case) else None  # a name from an older tile set: measure again
+    if not all(type(size) is int for size in case[:4]):
+        return None  # symbolic sizes (a step traced for any batch size): the autotuned kernel
+    known = _known.get((device, case))
+    if known is None:
+        known = cache_for(device).get(case.key())
+        if known not in candidates(case):
+            return None  # not measured, or a name from an older tile set: measure again
+        _known[(device, case)] = known
+    return known
 
 
 def can_measure(*tensors: torch.Tensor) -> bool:
@@ -154,6 +164,7 @@ def tune(case: LinearCase, device: torch.device, time_candidate: Callable[[str],
         MEASUREMENTS += 1
     best = min(times, key=times.get)
     cache.put(case.key(), best)
+    _known[(device, case)] = best
     return best
 
 
