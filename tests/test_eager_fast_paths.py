@@ -70,11 +70,20 @@ def _bce_kl(dtype, reduction, kernels):
     return (logits, mu, logvar), lambda a, m, v: bce_kl_loss(a, target, m, v, reduction=reduction, kernels=kernels)
 
 
+def _reparameterize_keyed(dtype, kernels):
+    """The call the Reparameterize layer makes: a (seed, step) key tensor (the functional's own fast path)."""
+    gen = torch.Generator().manual_seed(3)
+    mu, logvar = (torch.randn(9, 16, generator=gen).to(dtype).requires_grad_() for _ in range(2))
+    key = torch.tensor([77, 5])
+    return (mu, logvar), lambda m, v: reparameterize(m, v, seed=key, kernels=kernels)
+
+
 CASES = {
     "layer p=0.3": lambda d, k: _layer(d, 0.3, True, k),
     "layer p=0 no bias": lambda d, k: _layer(d, 0.0, False, k),
     "reparameterize": lambda d, k: _reparameterize(d, False, k),
     "reparameterize given eps": lambda d, k: _reparameterize(d, True, k),
+    "reparameterize keyed": lambda d, k: _reparameterize_keyed(d, k),
     "bce_kl_loss mean": lambda d, k: _bce_kl(d, "mean", k),
     "bce_kl_loss none": lambda d, k: _bce_kl(d, "none", k),
 }
@@ -178,3 +187,19 @@ def test_the_dispatcher_knows_the_dtypes_the_native_kernels_take():
     from fastgen.ops.dispatch import NATIVE_DTYPES
 
     assert NATIVE_DTYPES == native.DTYPES
+
+
+def test_the_functional_fast_path_runs_what_the_general_path_would():
+    """reparameterize with a key tensor: plain ops where the general path takes plain ops (kernels="auto" on the
+    CPU), the fused op where it takes the fused op; the general path's checks still refuse bad input."""
+    from fastgen.ops.reference import reparameterize_reference
+    from fastgen.ops.rng import normal
+
+    mu, logvar, key = torch.randn(5, 4), torch.randn(5, 4), torch.tensor([9, 2])
+    with cpu_backend("native" if native.load() else "eager"):
+        plain = reparameterize(mu, logvar, seed=key, kernels="auto")  # "auto" on the CPU: plain PyTorch ops
+        assert torch.equal(plain, reparameterize_reference(mu, logvar, normal(key, mu.shape, mu.dtype)))
+        with pytest.raises(ValueError, match="logvar has shape"):
+            reparameterize(mu, logvar[:, :3], seed=key, kernels="auto")
+        with pytest.raises(TypeError, match="logvar has dtype"):
+            reparameterize(mu, logvar.double(), seed=key, kernels="auto")

@@ -8,7 +8,7 @@ import torch
 from torch.library import wrap_triton
 
 from fastgen.ops import eager_native
-from fastgen.ops.dispatch import define_op, native_runs_on, triton_runs_on, use_eager_triton, use_fused_ops
+from fastgen.ops.dispatch import TRITON_DTYPES, define_op, native_runs_on, triton_runs_on, use_eager_triton, use_fused_ops
 from fastgen.ops.reference import reparameterize_grad_logvar_reference, reparameterize_reference
 from fastgen.ops.rng import normal, per_replica, philox_key, random_seed
 from fastgen.ops.validation import check_same, check_shape, check_tensor
@@ -146,6 +146,32 @@ class EagerTritonReparameterize(torch.autograd.Function):
         return _input_grads(ctx, grad_z, _triton_grad_logvar)
 
 
+def _eager_fast_path(mu, logvar, eps, seed, kernels: str):
+    """The op an eager call goes straight to, or None: for the common call (two float tensors alike in shape, dtype
+    and device, no eps, a (seed, step) key on their device, no autocast) the checks below are all the general path
+    would make, in a few microseconds instead of a dozen (host time is most of a small call's cost)."""
+    if eps is not None or type(seed) is not torch.Tensor or type(mu) is not torch.Tensor or type(logvar) is not torch.Tensor:
+        return None
+    device = mu.device
+    if (
+        not use_fused_ops(kernels, device)
+        or seed.shape != (2,)
+        or seed.dtype != torch.int64
+        or logvar.shape != mu.shape
+        or logvar.dtype != mu.dtype
+        or not mu.is_floating_point()
+        or logvar.device != device
+        or seed.device != device
+        or torch.is_autocast_enabled(device.type)
+    ):
+        return None
+    if eager_native.use_eager_native(device, mu.dtype):
+        return eager_native.reparameterize
+    if use_eager_triton(device) and mu.dtype in TRITON_DTYPES:
+        return EagerTritonReparameterize.apply
+    return None
+
+
 def reparameterize(mu, logvar, *, eps=None, seed=None, kernels: str = "auto") -> torch.Tensor:
     """z = mu + exp(0.5 * logvar) * eps. Without `eps`, eps ~ N(0, I) is drawn in-kernel from `seed`.
 
@@ -154,6 +180,9 @@ def reparameterize(mu, logvar, *, eps=None, seed=None, kernels: str = "auto") ->
     the fused op or plain PyTorch ops (`use_fused_ops`). Stacked replicas: `seed` an int64 (S, 2) tensor
     and mu (S, ...): replica s draws what a single call with `mu[s]` and `seed[s]` draws.
     """
+    fast = _eager_fast_path(mu, logvar, eps, seed, kernels)
+    if fast is not None:
+        return fast(mu.contiguous(), logvar.contiguous(), None, seed)
     check_tensor("mu", mu)
     check_tensor("logvar", logvar)
     check_shape("logvar", logvar, mu.shape, "mu")
