@@ -2,11 +2,12 @@
 # What only a GPU can show about fastgen's speed, in one command of at most 6 minutes on a GPU machine without
 # network (the paper's comparison has its own command, bench/gpu_compare.sh):
 #   bash bench/gpu_run.sh OUT
-# Writes into OUT (then copied to bench/results/<gpu>/), each stage with the GPU to itself, under its own cap:
+# Writes into OUT (then copied to bench/results/<gpu>/), each stage with the GPU to itself, under its own cap (360 s
+# of caps in all):
 #   environment.txt     the GPU, driver, torch, Triton, CUDA
-#   bench.json/.txt     pytest bench --benchmark-only: the ops against the eager composite (time, memory); the
-#                       steps eager / compiled / graphed against the plain-module step under the same compile and
-#                       CUDA graph; end to end, epochs against the plain baseline
+#   bench-kernels.*     pytest bench/test_kernels.py --benchmark-only: the ops against the eager composite (memory)
+#   bench-steps.*       the steps eager / compiled / graphed against the plain-module step under the same compile
+#                       and CUDA graph (bench/test_steps.py); end to end, epochs against the plain baseline
 #   op-rivals.*         python -m bench.op_rivals: each op and layer against the plain modules, interleaved rounds
 #   kernel-profile.*    python -m bench.kernel_profile: the graphed steps' kernels (GAN, VAE; fp32, bf16)
 #   amp-step.*          python -m bench.amp_step: --amp's bf16 working copies against autocast over fp32 weights
@@ -46,13 +47,17 @@ stage() {  # stage NAME CAP_SECONDS COMMAND...: run it under its cap, say how it
 } > "$out/environment.txt" 2>&1
 cat "$out/environment.txt"
 
-stage bench 135 python -m pytest bench --benchmark-only -q -p no:cacheprovider --benchmark-json="$out/bench.json"
-stage op-rivals 40 python -m bench.op_rivals --out "$out"
-stage kernel-profile 45 python -m bench.kernel_profile --steps 5 --out "$out"
-stage amp-step 40 python -m bench.amp_step --rounds 3 --out "$out"
+# pytest-benchmark writes its JSON when the session ends: one session per file group, so that a stage cut off at its
+# cap loses only its own results.
+bench=(python -m pytest --benchmark-only -q -p no:cacheprovider)
+stage bench-kernels 35 "${bench[@]}" bench/test_kernels.py --benchmark-json="$out/bench-kernels.json"
+stage bench-steps 140 "${bench[@]}" bench/test_steps.py bench/test_end_to_end.py --benchmark-json="$out/bench-steps.json"
+stage op-rivals 35 python -m bench.op_rivals --out "$out"
+stage kernel-profile 40 python -m bench.kernel_profile --steps 5 --out "$out"
+stage amp-step 35 python -m bench.amp_step --rounds 3 --out "$out"
 cp "$XDG_CACHE_HOME"/fastgen/tuning/linear-*.json "$out/linear-choices.json" 2>/dev/null
 parallel=(); python -c "import xdist" 2>/dev/null && parallel=(-n 4)
-stage tests-gpu 85 python -m pytest tests -m gpu -q -p no:cacheprovider "${parallel[@]}" -r fEs
+stage tests-gpu 75 python -m pytest tests -m gpu -q -p no:cacheprovider "${parallel[@]}" -r fEs
 python bench/check_targets.py "$out" > "$out/targets.md"
 grep -c FAIL "$out/targets.md" | xargs echo "targets FAIL:"
 echo "gpu_run: $((SECONDS - began)) s"
