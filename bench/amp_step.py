@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from bench.telemetry import write_result
+from bench.telemetry import us_per_call, write_result
 from fastgen.config import TrainConfig
 from fastgen.environment import device_name
 from fastgen.ops import cpu_backend, native
@@ -55,22 +55,6 @@ def _build(model: str, variant: str, device: torch.device, compiled: bool, kerne
     return lambda: step(batch)
 
 
-def _ms_per_step(run, device: torch.device) -> float:
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
-        for _ in range(STEPS):
-            run()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / STEPS
-    began = time.perf_counter()
-    for _ in range(STEPS):
-        run()
-    return (time.perf_counter() - began) / STEPS * 1e3
-
-
 def _kernels_per_step(run, steps: int = 5) -> dict:
     """GPU kernels launched per step and their GPU time (CUDA only)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
@@ -86,7 +70,7 @@ def measure(model: str, device: torch.device, rounds: int, compiled: bool, kerne
     times = {variant: [] for variant in VARIANTS}
     for _ in range(rounds):
         for variant, run in runs.items():
-            times[variant].append(_ms_per_step(run, device))
+            times[variant].append(us_per_call(run, STEPS, device) / 1e3)  # ms per step
     ratios = [before / after for after, before in zip(times[VARIANTS[0]], times[VARIANTS[1]])]
     result = {"model": model, "batch": BATCH[model], "ms": times, "speedup": statistics.median(ratios), "ratios": ratios}
     if device.type == "cuda":

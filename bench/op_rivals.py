@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastgen
-from bench.telemetry import write_result
+from bench.telemetry import us_per_call, write_result
 from fastgen.environment import device_name
 from fastgen.models.layers import Reparameterize
 from fastgen.ops import bce_kl_loss, cpu_backend, native
@@ -70,23 +70,6 @@ def _bce_kl_loss(batch: int, dtype: torch.dtype, device: torch.device, kernels: 
 
 
 CASES = {"LinearLeakyReLUDropout layer": _layer, "reparameterize": _reparameterize, "bce_kl_loss": _bce_kl_loss}
-
-
-def us_per_call(call, calls: int, device: torch.device) -> float:
-    """Microseconds per call over `calls` calls back to back (CUDA events on a GPU, no synchronisation between)."""
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
-        for _ in range(calls):
-            call()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / calls * 1e3
-    began = time.perf_counter()
-    for _ in range(calls):
-        call()
-    return (time.perf_counter() - began) / calls * 1e6
 
 
 def measure(op: str, batch: int, dtype: str, device: torch.device, rounds: int, calls: int, kernels: str) -> dict:

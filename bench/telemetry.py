@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 
 import torch
 
@@ -63,3 +64,21 @@ def write_result(out: str | None, stem: str, record: dict, table: str) -> None:
     with open(os.path.join(out, f"{stem}.md"), "w") as f:
         f.write(table)
     print(table)
+
+
+def us_per_call(call, calls: int, device: torch.device) -> float:
+    """Microseconds per call over `calls` calls back to back: between two CUDA events on a GPU (no synchronisation
+    between calls), by the wall clock on the CPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        for _ in range(calls):
+            call()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / calls * 1e3
+    began = time.perf_counter()
+    for _ in range(calls):
+        call()
+    return (time.perf_counter() - began) / calls * 1e6

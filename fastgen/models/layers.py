@@ -72,14 +72,16 @@ class LinearLeakyReLUDropout(nn.Linear):
         if x.dim() == 2 and x.dtype == self.weight.dtype and not torch.is_autocast_enabled(x.device.type):
             # The eager fast paths: what the functional op checks holds by construction here but x's shape, which
             # the matmul checks.
-            # Without dropout the key is a shared constant: the layer's own buffer, saved for the backward, would
-            # be refused there once a later training call has advanced it in place.
+            fast = None
             if self.kernels == "native" and eager_native.use_eager_native(x.device, x.dtype):
+                fast = eager_native.linear_leaky_relu_dropout
+            elif self.kernels != "eager" and use_eager_triton(x.device):
+                fast = EagerTritonLinear.apply
+            if fast is not None:
+                # Without dropout the key is a shared constant: the layer's own buffer, saved for the backward, would
+                # be refused there once a later training call has advanced it in place.
                 key = next_key(self.philox_key) if p > 0.0 else _on(_UNREAD_KEY, [0, 0], x.device)
-                return eager_native.linear_leaky_relu_dropout(x, self.weight, self.bias, key, self.negative_slope, p)
-            if self.kernels != "eager" and use_eager_triton(x.device):
-                key = next_key(self.philox_key) if p > 0.0 else _on(_UNREAD_KEY, [0, 0], x.device)
-                return EagerTritonLinear.apply(x, self.weight, self.bias, key, self.negative_slope, p)
+                return fast(x, self.weight, self.bias, key, self.negative_slope, p)
         key = next_key(self.philox_key) if p > 0.0 else None
         return linear_leaky_relu_dropout(
             x, self.weight, self.bias, negative_slope=self.negative_slope, p=p, seed=key, kernels=self.kernels

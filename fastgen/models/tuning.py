@@ -17,7 +17,7 @@ def tune_fused_linears(module: torch.nn.Module, rows: tuple[int, ...], dtype: to
     choices = {}
     for layer in module.modules():
         if isinstance(layer, (LinearLeakyReLUDropout, StackedLinearLeakyReLUDropout)) and layer.kernels != "eager":
-            bias = layer.bias.to(dtype) if layer.bias is not None else None
+            weight, bias = layer.weight.to(dtype), layer.bias.to(dtype) if layer.bias is not None else None
             for n in rows:
-                choices.update(tune(layer.weight.to(dtype), bias, n, layer.p))
+                choices.update(tune(weight, bias, n, layer.p))
     return choices

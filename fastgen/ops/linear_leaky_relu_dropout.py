@@ -130,7 +130,7 @@ def _launch(name, case, x, weight, bias, key, negative_slope: float, p: float) -
         p,
         HAS_BIAS=bias is not None,
         HAS_DROPOUT=p > 0.0,
-        INPUT_PRECISION=_input_precision(x.dtype),
+        INPUT_PRECISION=case.input_precision,
         **config,
     )
     return y
@@ -204,12 +204,12 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_y):
+    return _input_grads(ctx, grad_y, _grad_pre_activation)
+
+
+def _input_grads(ctx, grad_y, grad_pre_op):
     x, weight, y, key = ctx.saved_tensors
-    grad_pre = _grad_pre_activation(grad_y.contiguous(), y, key, ctx.negative_slope, ctx.p)
-    return _input_grads(ctx, grad_pre, x, weight)
-
-
-def _input_grads(ctx, grad_pre, x, weight):
+    grad_pre = grad_pre_op(grad_y.contiguous(), y, key, ctx.negative_slope, ctx.p)
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     matmul = stacked_matmul if weight.dim() == 3 else torch.matmul  # stacked replicas: (S, B, N) @ (S, N, K) ...
     grad_x = matmul(grad_pre, weight) if need_x else None
@@ -233,9 +233,7 @@ class EagerTritonLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, weight, y, key = ctx.saved_tensors
-        grad_pre = _triton_grad_pre_activation(grad_y.contiguous(), y, key, ctx.negative_slope, ctx.p)
-        return _input_grads(ctx, grad_pre, x, weight)
+        return _input_grads(ctx, grad_y, _triton_grad_pre_activation)
 
 
 def tune(weight: torch.Tensor, bias: Optional[torch.Tensor], rows: int, p: float) -> dict[str, str]:

@@ -112,7 +112,6 @@ class ChoiceCache:
 
 _caches: dict[torch.device, ChoiceCache] = {}
 _known: dict[tuple[torch.device, LinearCase], str] = {}  # the choices an eager call looks up, without the file's keys
-MEASUREMENTS = 0  # candidates timed in this process (tests count them: a known case is never measured again)
 
 
 def cache_for(device: torch.device) -> ChoiceCache:
@@ -153,7 +152,6 @@ def not_tracing(*tensors: torch.Tensor) -> bool:
 
 def tune(case: LinearCase, device: torch.device, time_candidate: Callable[[str], float]) -> str:
     """The fastest candidate by `time_candidate(name)` (seconds; the op times a real launch), remembered."""
-    global MEASUREMENTS
     cache = cache_for(device)
     known = choice(case, device)
     if known is not None:
@@ -161,15 +159,7 @@ def tune(case: LinearCase, device: torch.device, time_candidate: Callable[[str],
     times = {}
     for name in candidates(case):
         times[name] = time_candidate(name)
-        MEASUREMENTS += 1
     best = min(times, key=times.get)
     cache.put(case.key(), best)
     _known[(device, case)] = best
     return best
-
-
-def remembered(device: torch.device) -> dict[str, str]:
-    """Every choice known on this device (what a run records in its config.json)."""
-    cache = cache_for(device)
-    cache.get("")
-    return dict(cache.choices)

@@ -111,7 +111,7 @@ def _set_up(config: TrainConfig) -> tuple[Run, torch.dtype | None, dict]:
     elif trainer.replicas is not None:
         seed_group.write(out, config.to_dict(), seeds, None)  # the group's record, before its first checkpoint
     # Before the step is traced: the fused linear's implementations measured at its shapes (a GPU only).
-    linear_choices = trainer.tune_kernels(config.batch_size, amp_dtype or torch.float32) if config.kernels != "eager" else {}
+    linear_choices = trainer.tune_kernels(config.batch_size, amp_dtype or torch.float32)  # none under --kernels eager
     step_fn = _build_step(config, device, trainer, train_split, group, say)
     if checkpoints is not None:
         run_state.restore_rng(checkpoints[0])  # torch's generators as they were after the last saved step
