@@ -35,9 +35,24 @@ class EMA:
     @torch.no_grad()
     def update(self) -> None:
         weight = self.next_weight()
-        torch._foreach_lerp_(self.shadows, [p.detach() for p in self.params], [weight] * len(self.shadows))
+        params = [p.detach() for p in self.params]
+        (lerp_ if weight.device.type == "cpu" else torch._foreach_lerp_)(self.shadows, params, [weight] * len(params))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The averaged parameters by their file names, and the update count (the tensors themselves: a
         checkpoint restores into them)."""
         return {**dict(zip(self.names, self.shadows)), f"{EMA_PREFIX}updates": self.updates}
+
+
+# torch's multi-tensor lerp as an op of ours on the CPU: traced as aten's, Inductor's CPU backend runs it out of
+# place, then copies every result into its shadow (profiled in a 3-replica GAN group step on the AMD EPYC: the
+# lerp 1.7 ms and the copy 0.8 ms; in place 0.9 ms). An opaque op mutating its first argument runs in place:
+# the same kernel, the same numbers.
+@torch.library.custom_op("fastgen::lerp_", mutates_args=("shadows",), device_types="cpu")
+def lerp_(shadows: list[torch.Tensor], params: list[torch.Tensor], weights: list[torch.Tensor]) -> None:
+    torch._foreach_lerp_(shadows, params, weights)
+
+
+@lerp_.register_fake
+def _(shadows, params, weights) -> None:
+    return None
