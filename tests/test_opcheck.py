@@ -177,12 +177,29 @@ def _fused_adam_(device, dtype, rg):
             yield f"found_inf={found_inf}-copies={copy_dtype}", args
 
 
+def _stacked_matmul(device, dtype, rg):
+    # 3 replicas: the CPU op runs only where the replicas do not divide by the thread count (a batched part and
+    # a full-width rest at 2 threads, all full-width at 1).
+    g = _gen(5)
+    yield "3x17x13x5", (_randn(g, (3, 17, 13), dtype, device, rg), _randn(g, (3, 13, 5), dtype, device, rg))
+    a = _randn(g, (3, 13, 17), dtype, device)
+    yield "transposed", (a.transpose(1, 2).requires_grad_(rg), _randn(g, (3, 13, 5), dtype, device, rg))
+
+
+def _lerp_(device, dtype, rg):
+    g = _gen(6)
+    shapes = ((1,), (47,), (3, 5, 2))
+    shadows, params = [_randn(g, s, dtype, device) for s in shapes], [_randn(g, s, dtype, device) for s in shapes]
+    yield "three", (shadows, params, [torch.tensor(0.1, device=device)] * len(shapes))
+
+
 @dataclass(frozen=True)
 class OpSamples:
     make: Callable  # (device, dtype, requires_grad) -> iterable of (id, args)
     dtypes: tuple = (None,)  # None: the op takes no floating-point data (or only float32)
     differentiable: bool = False  # has a registered autograd formula: also checked with requires_grad inputs
     triton_branch: bool = False  # its body launches Triton kernels where Triton runs
+    cpu_only: bool = False  # registered for the CPU alone
 
 
 FLOAT = (torch.float32, torch.float16)
@@ -197,12 +214,16 @@ SAMPLES: dict[str, OpSamples] = {
     "eager_keep_mask": OpSamples(_eager_keep_mask),
     "eager_normal": OpSamples(_eager_normal),
     "fused_adam_": OpSamples(_fused_adam_),
+    "stacked_matmul": OpSamples(_stacked_matmul, (torch.float32, torch.bfloat16), True, cpu_only=True),
+    "lerp_": OpSamples(_lerp_, (torch.float32,), cpu_only=True),
 }
 
 
 def _cases():
     for device in DEVICES:
         for name, entry in SAMPLES.items():
+            if entry.cpu_only and device != "cpu":
+                continue
             for dtype in entry.dtypes:
                 for rg in (False, True) if entry.differentiable else (False,):
                     dtype_id = str(dtype).removeprefix("torch.") if dtype is not None else "fixed-dtypes"
