@@ -86,6 +86,16 @@ PhiloxKey read_key(const at::Tensor& key, const char* op) {
   return {static_cast<uint64_t>(data[0]), static_cast<uint64_t>(data[1])};
 }
 
+// The keys of a call: key (2,), one for all of `t`; or stacked replicas, key (S, 2) and t (S, ...), one per replica.
+std::vector<PhiloxKey> read_keys(const at::Tensor& key, const at::Tensor& t, const char* op) {
+  if (key.dim() != 2) return {read_key(key, op)};
+  TORCH_CHECK(key.size(1) == 2 && t.dim() >= 2 && t.size(0) == key.size(0), "fastgen_native::", op,
+              ": stacked replicas take key (S, 2) and a tensor (S, ...), got key ", key.sizes(), " for ", t.sizes());
+  std::vector<PhiloxKey> keys;
+  for (int64_t s = 0; s < key.size(0); ++s) keys.push_back(read_key(key[s], op));
+  return keys;
+}
+
 float check_p(double p, const char* op) {
   TORCH_CHECK(p >= 0.0 && p < 1.0, "fastgen_native::", op, ": p must be in [0, 1), got ", p);
   return static_cast<float>(p);
@@ -109,6 +119,15 @@ void for_elements(int64_t n, int64_t grain, const F& f) {
   if (n > 0) at::parallel_for(0, n, grain, f);
 }
 
+// f(r, from, to) for each replica r whose part of [begin, end) is not empty, with indices counted within the
+// replica (`each` per replica): one parallel loop covers stacked replicas, each drawing with its own key.
+template <class F>
+void by_replica(int64_t begin, int64_t end, int64_t each, const F& f) {
+  for (int64_t r = begin / each; r * each < end; ++r) {
+    f(r, std::max(begin, r * each) - r * each, std::min(end, (r + 1) * each) - r * each);
+  }
+}
+
 // ---- linear_leaky_relu_dropout: the epilogue on pre = x @ W.T, and the backward's dL/d(pre) --------------
 
 // bfloat16 bits of a tensor that the bf16 kernels read or write as it is (no conversion).
@@ -117,56 +136,69 @@ uint16_t* bf16_bits_out(const at::Tensor& t) { return reinterpret_cast<uint16_t*
 
 bool is_plain_bf16(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 && t.is_contiguous(); }
 
-// The epilogue's rows split across threads, on float32 or bfloat16 bits (T = uint16_t); out may be in.
+// The epilogue's rows split across threads, on float32 or bfloat16 bits (T = uint16_t); out may be in. Stacked
+// replicas (one key each) are consecutive blocks of rows, each with its own bias row.
 template <class T>
 void epilogue_rows(const T* in, const T* bias, T* out, int64_t numel, int64_t cols, float slope, float p,
-                   PhiloxKey key) {
+                   const std::vector<PhiloxKey>& keys) {
   if (numel == 0 || cols == 0) return;
+  const int64_t rows = numel / cols, each = rows / static_cast<int64_t>(keys.size());
   const int64_t grain = std::max<int64_t>(1, (p > 0.0f ? kRandomGrain : kPlainGrain) / cols);
   const KernelTable& k = kernels();
-  at::parallel_for(0, numel / cols, grain, [&](int64_t begin, int64_t end) {
-    if constexpr (std::is_same_v<T, float>) {
-      k.leaky_relu_dropout(in, bias, out, begin, end, cols, slope, p, key);
-    } else {
-      k.leaky_relu_dropout_bf16(in, bias, out, begin, end, cols, slope, p, key);
-    }
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    by_replica(begin, end, each, [&](int64_t r, int64_t from, int64_t to) {
+      const T* in_r = in + r * each * cols;
+      const T* bias_r = bias ? bias + r * cols : nullptr;
+      T* out_r = out + r * each * cols;
+      if constexpr (std::is_same_v<T, float>) {
+        k.leaky_relu_dropout(in_r, bias_r, out_r, from, to, cols, slope, p, keys[r]);
+      } else {
+        k.leaky_relu_dropout_bf16(in_r, bias_r, out_r, from, to, cols, slope, p, keys[r]);
+      }
+    });
   });
 }
 
 void run_leaky_relu_dropout(const at::Tensor& pre32, const std::optional<at::Tensor>& bias, float* out,
-                            float slope, float p, PhiloxKey key) {
+                            float slope, float p, const std::vector<PhiloxKey>& keys) {
   const at::Tensor bias32 = bias.has_value() ? float32(*bias) : at::Tensor();
   epilogue_rows<float>(pre32.const_data_ptr<float>(), bias32.defined() ? bias32.const_data_ptr<float>() : nullptr, out,
-                       pre32.numel(), pre32.size(-1), slope, p, key);
+                       pre32.numel(), pre32.size(-1), slope, p, keys);
 }
 
 // The epilogue on contiguous bfloat16 `pre` and `bias` (or none) into `out` (which may be `pre`), no conversion.
 void run_leaky_relu_dropout_bf16(const at::Tensor& pre, const std::optional<at::Tensor>& bias, at::Tensor& out,
-                                 float slope, float p, PhiloxKey key) {
+                                 float slope, float p, const std::vector<PhiloxKey>& keys) {
   epilogue_rows<uint16_t>(bf16_bits(pre), bias.has_value() ? bf16_bits(*bias) : nullptr, bf16_bits_out(out), pre.numel(),
-                          pre.size(-1), slope, p, key);
+                          pre.size(-1), slope, p, keys);
 }
 
 bool bf16_epilogue(const at::Tensor& pre, const std::optional<at::Tensor>& bias) {
   return is_plain_bf16(pre) && (!bias.has_value() || is_plain_bf16(*bias));
 }
 
-void check_epilogue_args(const at::Tensor& pre, const std::optional<at::Tensor>& bias, const char* op) {
+// Checks the epilogue's arguments and reads its keys: a single call's bias is (N,), stacked replicas' (S, N).
+std::vector<PhiloxKey> check_epilogue_args(const at::Tensor& pre, const std::optional<at::Tensor>& bias,
+                                           const at::Tensor& key, const char* op) {
   check_float(pre, op, "pre");
   TORCH_CHECK(pre.dim() >= 1, "fastgen_native::", op, ": pre must have at least one dimension");
+  std::vector<PhiloxKey> keys = read_keys(key, pre, op);
   if (bias.has_value()) {
     check_float(*bias, op, "bias");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == pre.size(-1), "fastgen_native::", op, ": bias has shape ",
-                bias->sizes(), " but pre's last dimension is ", pre.size(-1));
+    const bool stacked = key.dim() == 2;
+    const bool fits = bias->dim() == (stacked ? 2 : 1) && bias->size(-1) == pre.size(-1) &&
+                      (!stacked || bias->size(0) == pre.size(0));
+    TORCH_CHECK(fits, "fastgen_native::", op, ": bias has shape ", bias->sizes(), " but pre has shape ", pre.sizes(),
+                stacked ? " (stacked replicas: bias (S, N))" : "");
   }
+  return keys;
 }
 
 at::Tensor leaky_relu_dropout(const at::Tensor& pre, const std::optional<at::Tensor>& bias, const at::Tensor& key,
                               double negative_slope, double p) {
   const char* op = "leaky_relu_dropout";
-  check_epilogue_args(pre, bias, op);
+  const std::vector<PhiloxKey> k = check_epilogue_args(pre, bias, key, op);
   const float slope = check_slope(negative_slope, op), p32 = check_p(p, op);
-  const PhiloxKey k = read_key(key, op);
   if (bf16_epilogue(pre, bias)) {
     at::Tensor out = at::empty_like(pre);
     run_leaky_relu_dropout_bf16(pre, bias, out, slope, p32, k);
@@ -181,9 +213,8 @@ at::Tensor leaky_relu_dropout(const at::Tensor& pre, const std::optional<at::Ten
 void leaky_relu_dropout_(at::Tensor& pre, const std::optional<at::Tensor>& bias, const at::Tensor& key,
                          double negative_slope, double p) {
   const char* op = "leaky_relu_dropout_";
-  check_epilogue_args(pre, bias, op);
+  const std::vector<PhiloxKey> k = check_epilogue_args(pre, bias, key, op);
   const float slope = check_slope(negative_slope, op), p32 = check_p(p, op);
-  const PhiloxKey k = read_key(key, op);
   if (pre.scalar_type() == at::kFloat && pre.is_contiguous()) {
     run_leaky_relu_dropout(pre, bias, pre.data_ptr<float>(), slope, p32, k);
     return;
@@ -205,15 +236,17 @@ at::Tensor leaky_relu_dropout_grad_pre(const at::Tensor& grad_y, const at::Tenso
   check_float(y, op, "y");
   check_same_shape(grad_y, y, op, "grad_y", "y");
   const float slope = check_slope(negative_slope, op), p32 = check_p(p, op);
-  const PhiloxKey k = read_key(key, op);
-  const int64_t grain = p32 > 0.0f ? kRandomGrain : kPlainGrain;
+  const std::vector<PhiloxKey> k = read_keys(key, y, op);
+  const int64_t grain = p32 > 0.0f ? kRandomGrain : kPlainGrain, each = k.empty() ? 0 : y.numel() / static_cast<int64_t>(k.size());
   const KernelTable& t = kernels();
   if (is_plain_bf16(grad_y) && is_plain_bf16(y)) {  // bfloat16 in and out, no conversion
     at::Tensor out = at::empty_like(y);
     const uint16_t *g = bf16_bits(grad_y), *yv = bf16_bits(y);
     uint16_t* o = bf16_bits_out(out);
     for_elements(y.numel(), grain, [&](int64_t begin, int64_t end) {
-      t.leaky_relu_dropout_grad_pre_bf16(g, yv, o, begin, end, slope, p32, k);
+      by_replica(begin, end, each, [&](int64_t r, int64_t from, int64_t to) {
+        t.leaky_relu_dropout_grad_pre_bf16(g + r * each, yv + r * each, o + r * each, from, to, slope, p32, k[r]);
+      });
     });
     return out;
   }
@@ -222,7 +255,9 @@ at::Tensor leaky_relu_dropout_grad_pre(const at::Tensor& grad_y, const at::Tenso
   const float *g = g32.const_data_ptr<float>(), *yv = y32.const_data_ptr<float>();
   float* o = out.data_ptr<float>();
   for_elements(y.numel(), grain, [&](int64_t begin, int64_t end) {
-    t.leaky_relu_dropout_grad_pre(g, yv, o, begin, end, slope, p32, k);
+    by_replica(begin, end, each, [&](int64_t r, int64_t from, int64_t to) {
+      t.leaky_relu_dropout_grad_pre(g + r * each, yv + r * each, o + r * each, from, to, slope, p32, k[r]);
+    });
   });
   return as_dtype(out, y.scalar_type());
 }

@@ -455,6 +455,31 @@ def test_bce_kl_loss_reads_bf16_logits_as_their_float32_values():
             assert torch.equal(grad_mu, grads32[1]) and torch.equal(grad_logvar, grads32[2]), (name, n)
 
 
+def keys(replicas: int) -> torch.Tensor:
+    return torch.tensor([[5 + s, 2 * s] for s in range(replicas)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_stacked_epilogue_is_each_replicas_single_call(dtype):
+    """Stacked replicas (pre (S, B, N), bias (S, N), key (S, 2)) in one call: each replica's output and gradient
+    bit for bit its single call's with its slices and key, on every kernel table and thread count, in and out of
+    place (a thread's rows may span two replicas)."""
+    g = torch.Generator().manual_seed(3)
+    pre, bias = torch.randn(3, 37, 29, generator=g).to(dtype), torch.randn(3, 29, generator=g).to(dtype)
+    grad_y, stacked_keys = torch.randn(3, 37, 29, generator=g).to(dtype), keys(3)
+    for name in native.supported_isas():
+        for n in (1, 2):
+            with kernel_table(name), threads(n):
+                y = ops.leaky_relu_dropout(pre, bias, stacked_keys, 0.2, 0.3)
+                in_place = pre.clone()
+                ops.leaky_relu_dropout_(in_place, bias, stacked_keys, 0.2, 0.3)
+                grad_pre = ops.leaky_relu_dropout_grad_pre(grad_y, y, stacked_keys, 0.2, 0.3)
+                for s, k in enumerate(stacked_keys):
+                    single = ops.leaky_relu_dropout(pre[s], bias[s], k, 0.2, 0.3)
+                    assert torch.equal(y[s], single) and torch.equal(in_place[s], single), (name, n, s)
+                    assert torch.equal(grad_pre[s], ops.leaky_relu_dropout_grad_pre(grad_y[s], single, k, 0.2, 0.3))
+
+
 @pytest.mark.parametrize(
     "call, needle",
     [
@@ -462,6 +487,9 @@ def test_bce_kl_loss_reads_bf16_logits_as_their_float32_values():
         (lambda: ops.keep_mask(torch.tensor([1, 2], dtype=torch.int32), [3], 0.5), "key must be"),
         (lambda: ops.keep_mask(torch.tensor([1]), [3], 0.5), "key must be"),
         (lambda: ops.leaky_relu_dropout(torch.randn(2, 3), torch.randn(4), key(1), 0.2, 0.1), "bias has shape"),
+        (lambda: ops.leaky_relu_dropout(torch.randn(2, 4, 3), torch.randn(3), keys(2), 0.2, 0.1), "bias has shape"),
+        (lambda: ops.leaky_relu_dropout(torch.randn(3, 4, 3), None, keys(2), 0.2, 0.1), "stacked replicas"),
+        (lambda: ops.leaky_relu_dropout_grad_pre(torch.randn(3, 2), torch.randn(3, 2), keys(2), 0.2, 0.1), "stacked"),
         (lambda: ops.leaky_relu_dropout(torch.randn(2, 3), None, key(1), -0.1, 0.1), "negative_slope"),
         (lambda: ops.leaky_relu_dropout(torch.randn(2, 3, dtype=torch.float64), None, key(1), 0.2, 0.1), "float32, float16"),
         (lambda: ops.leaky_relu_dropout_grad_pre(torch.randn(2, 3), torch.randn(3, 2), key(1), 0.2, 0.1), "grad_y has shape"),

@@ -10,7 +10,7 @@ from torch.library import wrap_triton
 from fastgen.ops import eager_native, linear_tuning
 from fastgen.ops.dispatch import define_op, native_runs_on, triton_runs_on, use_eager_triton, use_fused_ops
 from fastgen.ops.reference import linear_leaky_relu_dropout_grad_pre_reference, linear_leaky_relu_dropout_reference
-from fastgen.ops.rng import check_p, keep_mask, per_replica, philox_key, random_seed
+from fastgen.ops.rng import check_p, keep_mask, philox_key, random_seed
 from fastgen.ops.stacked_matmul import stacked_matmul
 from fastgen.ops.validation import check_same, check_slope, check_tensor
 
@@ -25,18 +25,13 @@ def _forward(
     x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], key: torch.Tensor, negative_slope: float, p: float
 ) -> torch.Tensor:
     """x (M, K), weight (N, K), bias (N,), key (2,); or stacked replicas: x (S, M, K), weight (S, N, K), bias (S, N),
-    key (S, 2), each replica computing what a single call with its slices computes. The reference and the Triton
-    kernels take both forms; the native kernels one replica at a time."""
-    if native_runs_on(x.device, x.dtype) and key.dim() == 2:
-        # One batched matmul, then each replica's bias, activation and mask. Not in place on the replicas'
-        # slices: torch.compile traces this body, and an in-place op on a slice of another op's output came
-        # out wrong there for every replica but the first (tested).
-        pre = stacked_matmul(x, weight.transpose(1, 2))
-        epilogue = torch.ops.fastgen_native.leaky_relu_dropout
-        return per_replica(lambda k, ps, bs: epilogue(ps, bs, k, negative_slope, p), key, pre, bias)
+    key (S, 2), each replica computing what a single call with its slices computes. Every path takes both forms."""
     if native_runs_on(x.device, x.dtype):
-        pre = torch.mm(x, weight.t())
-        torch.ops.fastgen_native.leaky_relu_dropout_(pre, bias, key, negative_slope, p)  # bias, activation, mask
+        pre = stacked_matmul(x, weight.transpose(1, 2)) if key.dim() == 2 else torch.mm(x, weight.t())
+        # Bias, activation and mask in place on the whole output (each replica with its own bias row and key). Never
+        # in place on a replica's slice: torch.compile traces this body, and in-place ops on slices of another op's
+        # output came out wrong there for every replica but the first (tested).
+        torch.ops.fastgen_native.leaky_relu_dropout_(pre, bias, key, negative_slope, p)
         return pre
     if not triton_runs_on(x.device):
         mask = keep_mask(key, (*x.shape[:-1], weight.shape[-2]), p) if p > 0.0 else None
@@ -150,14 +145,8 @@ def _matmul_with_bias(x, weight, bias) -> torch.Tensor:
 def _grad_pre_activation(
     grad_y: torch.Tensor, y: torch.Tensor, key: torch.Tensor, negative_slope: float, p: float
 ) -> torch.Tensor:
-    """dL/d(pre-activation) from dL/dy, the saved output and the regenerated mask (stacked: per replica)."""
-    if key.dim() == 2 and native_runs_on(y.device, y.dtype):  # the native kernel takes one replica at a time
-        return per_replica(lambda k, gs, ys: _grad_pre_activation_one(gs, ys, k, negative_slope, p), key, grad_y, y)
-    return _grad_pre_activation_one(grad_y, y, key, negative_slope, p)
-
-
-def _grad_pre_activation_one(grad_y, y, key, negative_slope: float, p: float) -> torch.Tensor:
-    """One replica on the native kernel; a single call or stacked replicas on the reference or Triton."""
+    """dL/d(pre-activation) from dL/dy, the saved output and the regenerated mask; a single call or stacked replicas
+    (key (S, 2)) on every path."""
     if native_runs_on(y.device, y.dtype):
         return torch.ops.fastgen_native.leaky_relu_dropout_grad_pre(grad_y, y, key, negative_slope, p)
     if not triton_runs_on(y.device):

@@ -56,7 +56,8 @@ BUILD_TIMEOUT_S = 900
 # ---- schemas and fake kernels ------------------------------------------------------------------------
 
 SCHEMAS = {
-    # y = dropout(leaky_relu(pre + bias)), pre = x @ W.T computed by torch; the mask drawn from `key`.
+    # y = dropout(leaky_relu(pre + bias)), pre = x @ W.T computed by torch; the mask drawn from `key`. Stacked
+    # replicas: pre (S, ..., N), bias (S, N) and key (S, 2), replica s drawing with its own key (the backward too).
     "leaky_relu_dropout": "(Tensor pre, Tensor? bias, Tensor key, float negative_slope, float p) -> Tensor",
     # The same, written into `pre` (float32 and contiguous: in place; otherwise computed, then copied in).
     "leaky_relu_dropout_": "(Tensor(a!) pre, Tensor? bias, Tensor key, float negative_slope, float p) -> ()",
