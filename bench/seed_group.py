@@ -1,36 +1,102 @@
-"""A group of seeds against its seeds trained one after another: samples per second, interleaved repeats.
+"""A group of seeds against its seeds trained one after another: samples per second, interleaved rounds.
 
     python -m bench.seed_group [--models gan vae] [--seeds 3] [--repeats 3] [--variant "native compiled"] [--out DIR]
 
-Every repeat times, each in a fresh process (bench.interleaved's child), one run's step and the step of a group
-of S seeds, both on the variant's path (on the CPU the default training path, "native compiled"; on CUDA the
-graphed step). S single runs one after another train S * B images in S single steps, the group in one group
-step, so the group's throughput over the singles' is S * t(single) / t(group) within the repeat; the median over
-repeats is the result. On a GPU the same run says how much more a group's step costs than one replica's:
-t(group) / t(single). Writes seed-group.json and seed-group.md into --out (default bench/results/<device>/).
+Every repeat is a fresh process that builds one run's step and the step of a group of S seeds, both on the
+variant's path (on the CPU the default training path, "native compiled"; on CUDA the graphed step), warms both
+up, then times them in alternating rounds (single, group, group, single, ...), so that a shared machine's change
+of pace lands on both alike (on this project's 2-core CPUs the same single step took 10.5 ms and 18 ms in
+processes a minute apart). S single runs one after another train S * B images in S single steps, the group in
+one group step, so the group's throughput over the singles' is S * t(single) / t(group) for each pair of
+neighbouring rounds; the result is the median over all pairs of all repeats. On a GPU the same run says how
+much more a group's step costs than one replica's: t(group) / t(single). Writes seed-group.json and
+seed-group.md into --out (default bench/results/<device>/).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
-
-from bench.interleaved import _run_child
 
 # Targets (issue "Several seeds trained as one group"): on the CPU a 3-replica group trains at >= 1.0x the
 # samples per second of its 3 single runs one after another; on a GPU a 5-replica group's graphed step costs
 # <= 1.5x one replica's.
 CPU_MIN_SPEEDUP = 1.0
 GPU_MAX_STEP_RATIO = 1.5
+ROUNDS = 6  # per repeat and step, alternating
+
+
+def _child(model: str, seeds: int, variant: str) -> None:
+    """One repeat: one run's step and a group's, warmed up, then ROUNDS rounds of each in alternation; prints ms per
+    step of every round of both."""
+    import torch
+
+    from bench.test_steps import STEPS, VARIANTS, batch_size, make_trainer
+    from fastgen.ops import cpu_backend
+    from fastgen.training.compiled_step import build_step
+    from fastgen.training.cpu_tuning import tune_for_cpu_training
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        tune_for_cpu_training()
+    compile, graphs, kernels = VARIANTS[variant]
+    batch, low = batch_size(model, device), -1.0 if model == "gan" else 0.0
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    notices, steps = [], {}
+    with cpu_backend("native") if kernels == "native" else contextlib.nullcontext():
+        for replicas in (1, seeds):
+            torch.manual_seed(0)
+            trainer = make_trainer(model, variant, batch, device, None, replicas)
+            lead = (replicas,) if replicas > 1 else ()  # a group steps on (S, B, 784) batches
+            batches = torch.rand(STEPS, *lead, batch, 784, device=device) * (1 - low) + low
+            steps[replicas] = (build_step(trainer.step, device, compile, graphs, notices.append), batches)
+
+        def round_ms(replicas: int) -> float:
+            step, batches = steps[replicas]
+            start = time.perf_counter()
+            for i in range(STEPS):
+                out = step(batches[i])
+            sync()
+            if out.shape[:-1] != (() if replicas == 1 else (replicas,)):  # each step ran its own compiled graph
+                raise SystemExit(f"a step of {replicas} replica(s) returned metrics of shape {tuple(out.shape)}")
+            return (time.perf_counter() - start) / STEPS * 1e3
+
+        for replicas in (1, seeds, 1, seeds):  # compile, capture, warm up; then each once more after the other
+            round_ms(replicas)
+        rounds = {1: [], seeds: []}
+        for r in range(ROUNDS):
+            for replicas in (1, seeds) if r % 2 == 0 else (seeds, 1):
+                rounds[replicas].append(round_ms(replicas))
+    print(json.dumps({"single_ms": rounds[1], "group_ms": rounds[seeds], "notices": notices}))
+
+
+def _run_child(model: str, seeds: int, variant: str) -> dict:
+    command = [sys.executable, "-m", "bench.seed_group", "--child", "--models", model, "--seeds", str(seeds)]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # time kernels, not their interpreter
+    done = subprocess.run(command + ["--variant", variant], capture_output=True, text=True, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        raise SystemExit(f"{model}: the child failed:\n{done.stderr[-2000:]}")
+    result = json.loads(lines[-1])
+    if result["notices"]:  # a silent fallback would mislabel the numbers
+        raise SystemExit(f"{model}: {result['notices']}")
+    return result
 
 
 def measure(model: str, seeds: int, repeats: int, variant: str) -> dict:
-    rows = []
+    rows, speedups, step_ratios = [], [], []
     for repeat in range(repeats):
-        single = statistics.median(_run_child(model, variant, False, seeds=1))
-        group = statistics.median(_run_child(model, variant, False, seeds=seeds))
+        result = _run_child(model, seeds, variant)
+        pairs = list(zip(result["single_ms"], result["group_ms"]))  # neighbouring rounds
+        speedups += [seeds * single / group for single, group in pairs]
+        step_ratios += [group / single for single, group in pairs]
+        single, group = statistics.median(result["single_ms"]), statistics.median(result["group_ms"])
         rows.append({"single_ms": single, "group_ms": group, "speedup": seeds * single / group, "step_ratio": group / single})
         print(
             f"{model} repeat {repeat + 1}: one run {single:.2f} ms/step, group of {seeds} {group:.2f} ms/step, "
@@ -42,15 +108,17 @@ def measure(model: str, seeds: int, repeats: int, variant: str) -> dict:
         "seeds": seeds,
         "variant": variant,
         "repeats": rows,
-        "speedup": statistics.median(r["speedup"] for r in rows),
-        "step_ratio": statistics.median(r["step_ratio"] for r in rows),
+        "speedup": statistics.median(speedups),
+        "step_ratio": statistics.median(step_ratios),
+        "pairs": len(speedups),
     }
 
 
 def table(results: list[dict], device: str, on_gpu: bool, date: str) -> str:
     lines = [
-        f"Group of seeds against its seeds one after another, {device}, {date} (`python -m bench.seed_group`); ms per "
-        "step (median of rounds) per repeat; the ratios are medians over the repeats.",
+        f"Group of seeds against its seeds one after another, {device}, {date} (`python -m bench.seed_group`): ms per "
+        "step, the median of each repeat's rounds (one process per repeat, single and group rounds alternating); "
+        "the ratios are medians over every pair of neighbouring rounds of all repeats.",
         "",
         "| model | variant | seeds | one run, ms | group, ms | group step / one run's | group throughput / singles' | target |",
         "|---|---|---|---|---|---|---|---|",
@@ -83,7 +151,10 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variant", default="graphed" if on_gpu else "native compiled")
     parser.add_argument("--out", help="folder for seed-group.json and .md (default bench/results/<device>/)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        return _child(args.models[0], args.seeds, args.variant)
     device = device_name(torch.device("cuda" if on_gpu else "cpu"))
     date = time.strftime("%Y-%m-%d", time.gmtime())
     results = [measure(model, args.seeds, args.repeats, args.variant) for model in args.models]
