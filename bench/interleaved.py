@@ -35,7 +35,7 @@ def _checkout_of(module: str, file: str) -> str:
     return os.sep.join(parts[: -(module.count(".") + (2 if parts[-1] == "__init__.py" else 1))])
 
 
-def _child(model: str, variant: str, amp: bool, seeds: int = 1) -> None:
+def _child(model: str, variant: str, amp: bool) -> None:
     """One variant: a warm-up round (compilation), then ROUNDS rounds of STEPS steps; prints ms per step.
 
     fastgen is imported first, from wherever the path finds it (another checkout under --against); then this
@@ -56,12 +56,11 @@ def _child(model: str, variant: str, amp: bool, seeds: int = 1) -> None:
     compile, graphs, kernels = VARIANTS[variant]
     batch = batch_size(model, device)
     torch.manual_seed(0)
-    trainer = make_trainer(model, variant, batch, device, torch.bfloat16 if amp else None, seeds)
+    trainer = make_trainer(model, variant, batch, device, torch.bfloat16 if amp else None)
     notices = []
     step = build_step(trainer.step, device, compile, graphs, notices.append)
     low = -1.0 if model == "gan" else 0.0
-    replicas = (seeds,) if seeds > 1 else ()  # a group of seeds steps on (S, B, 784) batches
-    batches = torch.rand(STEPS, *replicas, batch, 784, device=device) * (1 - low) + low
+    batches = torch.rand(STEPS, batch, 784, device=device) * (1 - low) + low
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rounds = []
     with cpu_backend("native") if kernels == "native" else contextlib.nullcontext():
@@ -80,21 +79,27 @@ def _child(model: str, variant: str, amp: bool, seeds: int = 1) -> None:
     print(json.dumps({"ms_per_step": rounds, "notices": notices, "fastgen": sorted(roots)}))
 
 
-def _run_child(model: str, variant: str, amp: bool, checkout: str | None = None, seeds: int = 1) -> list[float]:
-    """ms per step of each round of one variant (a group of `seeds`), in a fresh process; from `checkout`'s fastgen if given."""
-    command = [sys.executable, "-m", "bench.interleaved", "--child", "--model", model, "--variants", variant]
-    command += ["--seeds", str(seeds)]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # time kernels, not their interpreter
-    if checkout:  # this file's child code, with the other checkout's fastgen ahead of an installed one
-        command[1:3] = [os.path.abspath(__file__)]
+def child_result(command: list[str], label: str, checkout: str | None = None) -> dict:
+    """Run a timing child (`command`, Triton's interpreter off: time kernels, not the interpreter; from `checkout`'s
+    fastgen if given) and return the JSON it printed last, refusing a failed child or one whose step fell back."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if checkout:  # the child's code from this file, with the other checkout's fastgen ahead of an installed one
         env["PYTHONPATH"] = checkout
-    done = subprocess.run(command + (["--amp"] if amp else []), capture_output=True, text=True, env=env, cwd=checkout)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=checkout)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
-        raise SystemExit(f"{variant}: the child failed:\n{done.stderr[-2000:]}")
+        raise SystemExit(f"{label}: the child failed:\n{done.stderr[-2000:]}")
     result = json.loads(lines[-1])
     if result["notices"]:  # a silent fallback would mislabel the numbers
-        raise SystemExit(f"{variant}: {result['notices']}")
+        raise SystemExit(f"{label}: {result['notices']}")
+    return result
+
+
+def _run_child(model: str, variant: str, amp: bool, checkout: str | None = None) -> list[float]:
+    """ms per step of each round of one variant, in a fresh process; from `checkout`'s fastgen if given."""
+    module = [os.path.abspath(__file__)] if checkout else ["-m", "bench.interleaved"]
+    command = [sys.executable, *module, "--child", "--model", model, "--variants", variant] + (["--amp"] if amp else [])
+    result = child_result(command, variant, checkout)
     if checkout and result["fastgen"] != [checkout]:  # every fastgen module from the checkout asked for
         raise SystemExit(f"{variant}: ran fastgen from {result['fastgen']}, not from {checkout}")
     return result["ms_per_step"]
@@ -108,10 +113,9 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--against", metavar="CHECKOUT", help="also run each variant from this checkout of fastgen")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--seeds", type=int, default=1, help=argparse.SUPPRESS)  # the child's group size (bench.seed_group)
     args = parser.parse_args(argv)
     if args.child:
-        return _child(args.model, args.variants[0], args.amp, args.seeds)
+        return _child(args.model, args.variants[0], args.amp)
     import torch
 
     from bench.test_steps import STEPS, VARIANTS, batch_size

@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
+
+from bench.interleaved import child_result
 
 # Targets (issue "Several seeds trained as one group"): on the CPU a 3-replica group trains at >= 1.0x the
 # samples per second of its 3 single runs one after another; on a GPU a 5-replica group's graphed step costs
@@ -78,15 +78,7 @@ def _child(model: str, seeds: int, variant: str) -> None:
 
 def _run_child(model: str, seeds: int, variant: str) -> dict:
     command = [sys.executable, "-m", "bench.seed_group", "--child", "--models", model, "--seeds", str(seeds)]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # time kernels, not their interpreter
-    done = subprocess.run(command + ["--variant", variant], capture_output=True, text=True, env=env)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode or not lines:
-        raise SystemExit(f"{model}: the child failed:\n{done.stderr[-2000:]}")
-    result = json.loads(lines[-1])
-    if result["notices"]:  # a silent fallback would mislabel the numbers
-        raise SystemExit(f"{model}: {result['notices']}")
-    return result
+    return child_result(command + ["--variant", variant], model)
 
 
 def measure(model: str, seeds: int, repeats: int, variant: str) -> dict:
