@@ -198,3 +198,31 @@ def test_a_compiled_stacked_linear_matches_the_eager_one(backend):
     assert done.returncode == 0, done.stderr[-2000:]
     errors = [float(line) for line in done.stdout.split()]
     assert len(errors) == 5 and max(errors) < 1e-5, errors  # y alone; y, grad x, grad weight, grad bias
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_stacked_plain_linear_is_each_replicas_linear_with_weight_gradients_laid_out_as_weights(bias):
+    """The stacked nn.Linear (the networks' last layers): each replica's output and gradients are its own
+    nn.Linear's, and the weight's gradient is contiguous like the weight (the fused Adam takes it without a copy)."""
+    from fastgen.models.stacked import StackedLinear
+
+    gen = torch.Generator().manual_seed(4)
+    torch.manual_seed(4)
+    layers = [torch.nn.Linear(19, 7, bias=bias) for _ in range(3)]
+    stacked = StackedLinear(layers)
+    x, grad = torch.randn(3, 11, 19, generator=gen, requires_grad=True), torch.randn(3, 11, 7, generator=gen)
+    stacked(x).backward(grad)
+    assert stacked.weight.grad.is_contiguous()
+    for s, layer in enumerate(layers):
+        xs = x.detach()[s].clone().requires_grad_(True)
+        y = layer(xs)
+        y.backward(grad[s])
+        assert_close(stacked(x)[s], y, torch.float32, f"y[{s}]")
+        assert_close(x.grad[s], xs.grad, torch.float32, f"grad x[{s}]")
+        assert_close(stacked.weight.grad[s], layer.weight.grad, torch.float32, f"grad weight[{s}]")
+        if bias:
+            assert_close(stacked.bias.grad[s], layer.bias.grad, torch.float32, f"grad bias[{s}]")
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 weights under autocast, as torch's layers run
+        y = stacked(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()  # the backward's matmuls on the forward's bf16 casts: no dtype mismatch

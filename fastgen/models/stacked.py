@@ -32,10 +32,35 @@ class StackedLinear(nn.Module):
         self.bias = nn.Parameter(_stacked(layer.bias for layer in layers)) if layers[0].bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Computed as (weight @ x^T)^T: the weight's gradient then comes out laid out like the weight (x @ weight^T
-        # gives it transposed, which the fused Adam would first have to copy).
-        y = stacked_matmul(self.weight, x.transpose(1, 2))
-        return (y if self.bias is None else y + self.bias.unsqueeze(2)).transpose(1, 2)
+        return _StackedLinearFunction.apply(x, self.weight, self.bias)
+
+
+class _StackedLinearFunction(torch.autograd.Function):
+    """y = x @ weight^T + bias over stacked replicas, with the gradients written in the layouts that follow: y
+    (S, B, out) and the weight's gradient (S, out, in) contiguous, as the fused layers' are. (Through autograd of
+    the matmul, the weight's gradient came out transposed, which the fused Adam would first have to copy;
+    computed as (weight @ x^T)^T instead, every output and gradient needed a transposing copy.)"""
+
+    @staticmethod
+    def forward(x, weight, bias):
+        y = stacked_matmul(x, weight.transpose(1, 2))
+        return y if bias is None else y + bias.unsqueeze(1).to(y.dtype)  # in y's dtype, as autocast's addmm
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        # Under autocast the forward's matmul ran on casts of x and the weight: the backward's run on the same.
+        x, weight, grad_y = x.to(grad_y.dtype), weight.to(grad_y.dtype), grad_y.contiguous()
+        grad_x = stacked_matmul(grad_y, weight) if ctx.needs_input_grad[0] else None
+        grad_weight = stacked_matmul(grad_y.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        grad_bias = grad_y.sum(1) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias
 
 
 class StackedLinearLeakyReLUDropout(nn.Module):
