@@ -7,7 +7,8 @@
 // Inputs may be float32, float16 or bfloat16 and any layout: they are converted to contiguous float32
 // (a no-op for contiguous float32), computed in float32 and the result rounded once to the input's dtype.
 // The linear epilogue and its backward read and write contiguous bfloat16 as it is (the same numbers, no copies).
-// Random draws follow element index = flat index of the contiguous output, as in the Triton kernels.
+// Random draws follow element index = flat index of the contiguous output, as in the Triton kernels; for stacked
+// replicas (a key (S, 2): one row per replica, any 2-D key counts as stacked) the index within the replica.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -135,6 +136,7 @@ void for_chunks_taken_in_turn(int64_t n, int64_t chunk, const F& f) {
 // replica (`each` per replica): one parallel loop covers stacked replicas, each drawing with its own key.
 template <class F>
 void by_replica(int64_t begin, int64_t end, int64_t each, const F& f) {
+  TORCH_INTERNAL_ASSERT(each > 0, "by_replica: a replica of no elements");
   for (int64_t r = begin / each; r * each < end; ++r) {
     f(r, std::max(begin, r * each) - r * each, std::min(end, (r + 1) * each) - r * each);
   }
@@ -249,7 +251,8 @@ at::Tensor leaky_relu_dropout_grad_pre(const at::Tensor& grad_y, const at::Tenso
   check_same_shape(grad_y, y, op, "grad_y", "y");
   const float slope = check_slope(negative_slope, op), p32 = check_p(p, op);
   const std::vector<PhiloxKey> k = read_keys(key, y, op);
-  const int64_t grain = p32 > 0.0f ? kRandomGrain : kPlainGrain, each = k.empty() ? 0 : y.numel() / static_cast<int64_t>(k.size());
+  const int64_t grain = p32 > 0.0f ? kRandomGrain : kPlainGrain;
+  const int64_t each = k.empty() ? 0 : y.numel() / static_cast<int64_t>(k.size());  // elements per replica
   const KernelTable& t = kernels();
   if (is_plain_bf16(grad_y) && is_plain_bf16(y)) {  // bfloat16 in and out, no conversion
     at::Tensor out = at::empty_like(y);
@@ -515,8 +518,8 @@ void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
   }
   const KernelTable& k = kernels();
   // One parallel loop over all parameters' elements, in chunks taken in turn (in the --amp VAE step an equal
-  // split left one thread waiting at this pass's end; with chunks the step ran 1.06x faster while the machine
-  // was slow, 1.00-1.04x while it was calm, AMD EPYC): a chunk may span several tensors.
+  // split left one thread waiting at this pass's end; with chunks the step ran 1.04-1.08x faster interleaved in
+  // one process, 0.99-1.04x in fresh processes on a calm machine, AMD EPYC): a chunk may span several tensors.
   for_chunks_taken_in_turn(starts.back(), kPlainGrain, [&](int64_t begin, int64_t end) {
     size_t i = std::upper_bound(starts.begin(), starts.end(), begin) - starts.begin() - 1;
     for (; i < n && starts[i] < end; ++i) {

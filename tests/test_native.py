@@ -463,10 +463,11 @@ def keys(replicas: int) -> torch.Tensor:
 def test_stacked_epilogue_is_each_replicas_single_call(dtype):
     """Stacked replicas (pre (S, B, N), bias (S, N), key (S, 2)) in one call: each replica's output and gradient
     bit for bit its single call's with its slices and key, on every kernel table and thread count, in and out of
-    place (a thread's rows may span two replicas)."""
+    place. 3 x 200 rows of 29: on 2 threads the forward's rows (grain 141) and the backward's elements (grain
+    4096) split inside a replica."""
     g = torch.Generator().manual_seed(3)
-    pre, bias = torch.randn(3, 37, 29, generator=g).to(dtype), torch.randn(3, 29, generator=g).to(dtype)
-    grad_y, stacked_keys = torch.randn(3, 37, 29, generator=g).to(dtype), keys(3)
+    pre, bias = torch.randn(3, 200, 29, generator=g).to(dtype), torch.randn(3, 29, generator=g).to(dtype)
+    grad_y, stacked_keys = torch.randn(3, 200, 29, generator=g).to(dtype), keys(3)
     for name in native.supported_isas():
         for n in (1, 2):
             with kernel_table(name), threads(n):
