@@ -178,8 +178,8 @@ def _fused_adam_(device, dtype, rg):
 
 
 def _stacked_matmul(device, dtype, rg):
-    # 3 replicas: the CPU op runs only where the replicas do not divide by the thread count (a batched part and
-    # a full-width rest at 2 threads, all full-width at 1).
+    # 3 replicas: a batched part and a full-width rest at 2 threads, one batched matmul at 1 (opcheck calls the
+    # op directly; the wrapper calls it only where the replicas do not divide by the threads).
     g = _gen(5)
     yield "3x17x13x5", (_randn(g, (3, 17, 13), dtype, device, rg), _randn(g, (3, 13, 5), dtype, device, rg))
     a = _randn(g, (3, 13, 17), dtype, device)

@@ -45,6 +45,8 @@ def _split_over_threads(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @_split_over_threads.register_fake
 def _(a, b):
     torch._check(a.dtype == b.dtype, lambda: f"stacked_matmul: {a.dtype} @ {b.dtype}")
+    torch._check(a.dim() == 3 and b.dim() == 3 and a.shape[0] == b.shape[0] and a.shape[2] == b.shape[1],
+                 lambda: f"stacked_matmul: {tuple(a.shape)} @ {tuple(b.shape)}")  # fmt: skip
     return a.new_empty(a.shape[0], a.shape[1], b.shape[2])
 
 
