@@ -35,6 +35,43 @@ def _checkout_of(module: str, file: str) -> str:
     return os.sep.join(parts[: -(module.count(".") + (2 if parts[-1] == "__init__.py" else 1))])
 
 
+def timing_device():
+    """The device a timing child runs on (a CPU set up as training sets it up) and a sync for its clock."""
+    import torch
+
+    from fastgen.training.cpu_tuning import tune_for_cpu_training
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        tune_for_cpu_training()
+    return device, torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def variant_kernels(variant: str):
+    """The context a variant's steps run in: the native CPU kernels where it names them."""
+    from bench.test_steps import VARIANTS
+    from fastgen.ops import cpu_backend
+
+    return cpu_backend("native") if VARIANTS[variant][2] == "native" else contextlib.nullcontext()
+
+
+def step_and_batches(model: str, variant: str, device, amp_dtype, notices: list, replicas: int = 1):
+    """The variant's step of `model` (a group of `replicas` > 1) built as training builds it, from torch's generator
+    seeded 0, and STEPS batches of random images for it."""
+    import torch
+
+    from bench.test_steps import STEPS, VARIANTS, batch_size, make_trainer
+    from fastgen.training.compiled_step import build_step
+
+    compile, graphs, _ = VARIANTS[variant]
+    batch, low = batch_size(model, device), -1.0 if model == "gan" else 0.0
+    torch.manual_seed(0)
+    trainer = make_trainer(model, variant, batch, device, amp_dtype, replicas)
+    lead = (replicas,) if replicas > 1 else ()  # a group steps on (S, B, 784) batches
+    batches = torch.rand(STEPS, *lead, batch, 784, device=device) * (1 - low) + low
+    return build_step(trainer.step, device, compile, graphs, notices.append), batches
+
+
 def _child(model: str, variant: str, amp: bool) -> None:
     """One variant: a warm-up round (compilation), then ROUNDS rounds of STEPS steps; prints ms per step.
 
@@ -45,25 +82,13 @@ def _child(model: str, variant: str, amp: bool) -> None:
     import fastgen  # noqa: F401  (every fastgen module the step needs, from the path's fastgen)
 
     sys.path.insert(0, REPO)
-    from bench.test_steps import STEPS, VARIANTS, batch_size, make_trainer
-    from fastgen.ops import cpu_backend
-    from fastgen.training.compiled_step import build_step
-    from fastgen.training.cpu_tuning import tune_for_cpu_training
+    from bench.test_steps import STEPS
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu":
-        tune_for_cpu_training()
-    compile, graphs, kernels = VARIANTS[variant]
-    batch = batch_size(model, device)
-    torch.manual_seed(0)
-    trainer = make_trainer(model, variant, batch, device, torch.bfloat16 if amp else None)
+    device, sync = timing_device()
     notices = []
-    step = build_step(trainer.step, device, compile, graphs, notices.append)
-    low = -1.0 if model == "gan" else 0.0
-    batches = torch.rand(STEPS, batch, 784, device=device) * (1 - low) + low
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    step, batches = step_and_batches(model, variant, device, torch.bfloat16 if amp else None, notices)
     rounds = []
-    with cpu_backend("native") if kernels == "native" else contextlib.nullcontext():
+    with variant_kernels(variant):
         for r in range(ROUNDS + 1):
             start = time.perf_counter()
             for i in range(STEPS):

@@ -16,13 +16,12 @@ seed-group.md into --out (default bench/results/<device>/).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
 import time
 
-from bench.interleaved import child_result
+from bench.interleaved import child_result, step_and_batches, timing_device, variant_kernels
 
 # Targets (issue "Several seeds trained as one group"): on the CPU a 3-replica group trains at >= 1.0x the
 # samples per second of its 3 single runs one after another; on a GPU a 5-replica group's graphed step costs
@@ -35,27 +34,12 @@ ROUNDS = 6  # per repeat and step, alternating
 def _child(model: str, seeds: int, variant: str) -> None:
     """One repeat: one run's step and a group's, warmed up, then ROUNDS rounds of each in alternation; prints ms per
     step of every round of both."""
-    import torch
+    from bench.test_steps import STEPS
 
-    from bench.test_steps import STEPS, VARIANTS, batch_size, make_trainer
-    from fastgen.ops import cpu_backend
-    from fastgen.training.compiled_step import build_step
-    from fastgen.training.cpu_tuning import tune_for_cpu_training
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu":
-        tune_for_cpu_training()
-    compile, graphs, kernels = VARIANTS[variant]
-    batch, low = batch_size(model, device), -1.0 if model == "gan" else 0.0
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    notices, steps = [], {}
-    with cpu_backend("native") if kernels == "native" else contextlib.nullcontext():
-        for replicas in (1, seeds):
-            torch.manual_seed(0)
-            trainer = make_trainer(model, variant, batch, device, None, replicas)
-            lead = (replicas,) if replicas > 1 else ()  # a group steps on (S, B, 784) batches
-            batches = torch.rand(STEPS, *lead, batch, 784, device=device) * (1 - low) + low
-            steps[replicas] = (build_step(trainer.step, device, compile, graphs, notices.append), batches)
+    device, sync = timing_device()
+    notices = []
+    with variant_kernels(variant):
+        steps = {replicas: step_and_batches(model, variant, device, None, notices, replicas) for replicas in (1, seeds)}
 
         def round_ms(replicas: int) -> float:
             step, batches = steps[replicas]
