@@ -24,7 +24,10 @@ def test_the_profiled_matmuls_are_the_ones_a_gan_step_runs():
 @pytest.mark.parametrize("model", ["gan", "vae"])
 def test_it_reports_step_matmuls_adam_and_the_rest(capsys, model):
     result = step_floor.main(["--model", model, "--rounds", "1", "--eager"])
-    assert set(result) == {"step", "matmuls", "adam", "rest", "over_floor"} and result["matmuls"] > 0 and result["adam"] > 0
+    assert set(result) == {"step", "matmuls", "adam", "rest", "over_floor"} and result["matmuls"] > 0
+    # Adam is timed as (Adam + matmuls) - matmuls, which one round on a busy machine can make negative: check the
+    # parts add up to the step, not the sign of a difference of two timings.
+    assert result["step"] == pytest.approx(result["matmuls"] + result["adam"] + result["rest"])
     assert f"{30 if model == 'gan' else 17} matmuls" in capsys.readouterr().out
 
 
