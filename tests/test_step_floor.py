@@ -25,10 +25,12 @@ def test_the_profiled_matmuls_are_the_ones_a_gan_step_runs():
 def test_it_reports_step_matmuls_adam_and_the_rest(capsys, model):
     result = step_floor.main(["--model", model, "--rounds", "1", "--eager"])
     assert set(result) == {"step", "matmuls", "adam", "rest", "over_floor"} and result["matmuls"] > 0
-    # Adam is timed as (Adam + matmuls) - matmuls, which one round on a busy machine can make negative: check the
-    # parts add up to the step, not the sign of a difference of two timings.
-    assert result["step"] == pytest.approx(result["matmuls"] + result["adam"] + result["rest"])
-    assert f"{30 if model == 'gan' else 17} matmuls" in capsys.readouterr().out
+    # Adam's time is (Adam + matmuls) - matmuls, whose sign one round on a busy machine can flip: check instead that
+    # it replays the model's own updates over its parameters (GAN: G and D, 2.95 M; VAE: one, 1.08 M).
+    out = capsys.readouterr().out
+    assert f"{30 if model == 'gan' else 17} matmuls" in out
+    assert ("2 Adam update(s)" if model == "gan" else "1 Adam update(s)") in out
+    assert f"({'2.95' if model == 'gan' else '1.08'} M parameters)" in out
 
 
 @pytest.mark.skipif(not cpu_has_fast_bf16(), reason="this CPU has no fast bf16: --amp trains in float32")
