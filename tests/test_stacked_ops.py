@@ -211,13 +211,14 @@ def test_stacked_plain_linear_is_each_replicas_linear_with_weight_gradients_laid
     layers = [torch.nn.Linear(19, 7, bias=bias) for _ in range(3)]
     stacked = StackedLinear(layers)
     x, grad = torch.randn(3, 11, 19, generator=gen, requires_grad=True), torch.randn(3, 11, 7, generator=gen)
-    stacked(x).backward(grad)
+    y_stacked = stacked(x)
+    y_stacked.backward(grad)
     assert stacked.weight.grad.is_contiguous()
     for s, layer in enumerate(layers):
         xs = x.detach()[s].clone().requires_grad_(True)
         y = layer(xs)
         y.backward(grad[s])
-        assert_close(stacked(x)[s], y, torch.float32, f"y[{s}]")
+        assert_close(y_stacked[s], y, torch.float32, f"y[{s}]")
         assert_close(x.grad[s], xs.grad, torch.float32, f"grad x[{s}]")
         assert_close(stacked.weight.grad[s], layer.weight.grad, torch.float32, f"grad weight[{s}]")
         if bias:
