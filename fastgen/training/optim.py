@@ -21,9 +21,13 @@ class StepAdam:
     Mixed precision (`working_dtype` bf16 or fp16): the parameters stay float32 masters (what Adam, the EMA,
     checkpoints and weights files hold) and each gets a working copy in `working_dtype` that the step's
     forward and backward use instead, so no weight is cast inside the step. Each update rewrites the copies
-    from the updated masters; they are never saved, only derived (`refresh_working`). On the CPU with bf16
-    copies and `native`, fastgen's native kernel does the update, reading the bf16 gradients as they are, and
-    writes the copies and the moving average (`average`) in the same pass.
+    from the updated masters; they are never saved, only derived (`refresh_working`).
+
+    On the CPU with `native` (float32, or bf16 copies), fastgen's native kernel does the update in one pass:
+    it reads the gradients as they are (bf16 under --amp), writes the copies where there are any, and moves
+    the moving average (`average`). It rounds as torch's fused kernel does where that kernel runs vectorised,
+    and gives the same bits on any thread count (torch's kernel updates a few tail elements, which depend on
+    the thread count, in its scalar loop).
     """
 
     def __init__(
@@ -40,7 +44,7 @@ class StepAdam:
         self.exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
         self.exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
         self.working = [p.detach().to(working_dtype).requires_grad_() for p in self.params] if working_dtype else []
-        self.native = native and working_dtype == torch.bfloat16 and _native_adam_runs(self.params)
+        self.native = native and working_dtype in (None, torch.bfloat16) and _native_adam_runs(self.params)
         self.average: EMA | None = None
 
     @property
