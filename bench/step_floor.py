@@ -2,12 +2,16 @@
 Adam updates replayed alone, round after round in one process (so a shared machine's change of pace hits
 all three alike):
 
-    python -m bench.step_floor [--model gan|vae] [--amp] [--rounds 6] [--eager]
+    python -m bench.step_floor [--model gan|vae] [--amp] [--rounds 6] [--eager] [--torch-adam]
 
 The matmuls are the ones the step runs (shapes and dtype read off one profiled step); with `--amp` they run in
 bf16, as the step's do. Adam is torch's fused update of the float32 parameters alone. What is left after the
 matmuls and Adam is all that fastgen's own kernels (bias, LeakyReLU, dropout, the loss, autocast's casts, the
 moving average, under `--amp` the bf16 weight copies) and the rest of the step can win back.
+
+`--torch-adam` also times, in the same rounds, the same step built with torch's update (its fused Adam, then the
+moving average's own pass, and under `--amp` a copy of the weights) in place of fastgen's native one: what the
+native update saves in the step.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import types
 
 import torch
 
@@ -66,12 +71,36 @@ def _ms(work) -> float:
     return (time.perf_counter() - start) / STEPS * 1e3
 
 
+def _separate_copy(step):
+    """`step` under a code object of its own: torch.compile keeps its compiled graphs per code object, so this
+    one compiles its own graph instead of sharing (and guarding against) the original's."""
+    code = step.__code__.replace(co_name=f"{step.__name__}_again")
+    return types.FunctionType(code, step.__globals__, code.co_name, step.__defaults__, step.__closure__)
+
+
+def _with_torch_update(step, optimizers):
+    """`step` run with torch's update in place of the native one (read as an eager step runs, or as it compiles)."""
+
+    def run(x):
+        native = [opt.native for opt in optimizers]
+        for opt in optimizers:
+            opt.native = False
+        try:
+            return step(x)
+        finally:
+            for opt, was in zip(optimizers, native):
+                opt.native = was
+
+    return run
+
+
 def main(argv=None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=tuple(BATCH), default="gan")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast, as `fastgen.train --amp` (needs AVX512-BF16 or AMX)")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--eager", action="store_true", help="time the eager step instead of the compiled one")
+    parser.add_argument("--torch-adam", action="store_true", help="also time the step on torch's update")
     args = parser.parse_args(argv)
     if args.amp and not cpu_has_fast_bf16():
         parser.error("--amp: this CPU has no fast bf16 (no AVX512-BF16 or AMX), so fastgen trains in float32 here")
@@ -85,6 +114,12 @@ def main(argv=None) -> dict[str, float]:
     with cpu_backend("native"):
         shapes = profiled_matmuls(trainer, batches[0])
         step = build_step(trainer.step, device, not args.eager, False, print)
+        if args.torch_adam:
+            optimizers = list(trainer.optimizers.values())
+            if not any(opt.native for opt in optimizers):
+                parser.error("--torch-adam: this step does not use the native update (no native kernels here)")
+            again = _separate_copy(trainer.step.__func__).__get__(trainer)
+            torch_adam_step = _with_torch_update(build_step(again, device, not args.eager, False, print), optimizers)
     operands = [(torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)) for m, k, n, dtype in shapes]
     # Adam alone as torch runs it: its fused update of the float32 parameters from float32 gradients. The step's own
     # update (under --amp: bf16 gradients in, bf16 copies and the moving average out) counts in the rest.
@@ -95,6 +130,9 @@ def main(argv=None) -> dict[str, float]:
     def one_step():
         step(batches[next(batch_index) % STEPS])
 
+    def one_torch_adam_step():
+        torch_adam_step(batches[next(batch_index) % STEPS])
+
     def matmuls():
         for a, b in operands:
             torch.mm(a, b)
@@ -104,11 +142,15 @@ def main(argv=None) -> dict[str, float]:
             opt.step(g)
         matmuls()
 
-    times = {"step": [], "matmuls": [], "adam": []}
+    times = {"step": [], "matmuls": [], "adam": []} | ({"torch_adam_step": []} if args.torch_adam else {})
     with cpu_backend("native"):
         _ms(one_step)  # compiles
+        if args.torch_adam:
+            _ms(one_torch_adam_step)
         for _ in range(args.rounds):
             times["step"].append(_ms(one_step))
+            if args.torch_adam:
+                times["torch_adam_step"].append(_ms(one_torch_adam_step))
             times["matmuls"].append(_ms(matmuls))
             times["adam"].append(_ms(adam_and_matmuls) - times["matmuls"][-1])  # Adam as in the step: after matmuls
     result = {name: statistics.median(values) for name, values in times.items()}
@@ -123,6 +165,13 @@ def main(argv=None) -> dict[str, float]:
         f"GFLOP/s) + {len(optimizers)} Adam update(s) {result['adam']:.2f} ms ({params / 1e6:.2f} M parameters) "
         f"+ the rest {result['rest']:.2f} ms: {result['over_floor']:.2f}x its matmuls + Adam"
     )
+    if args.torch_adam:
+        ratios = [t / s for s, t in zip(times["step"], times["torch_adam_step"])]
+        result["native_update_speedup"] = statistics.median(ratios)
+        print(
+            f"The same step with torch's update: {result['torch_adam_step']:.2f} ms; the native update's step "
+            f"{result['native_update_speedup']:.2f}x faster (median of the rounds' ratios, {min(ratios):.2f}x-{max(ratios):.2f}x)"
+        )
     return result
 
 

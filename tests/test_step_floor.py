@@ -38,3 +38,30 @@ def test_with_amp_it_replays_bf16_matmuls(capsys):
     result = step_floor.main(["--model", "vae", "--amp", "--rounds", "1", "--eager"])
     assert result["over_floor"] > 0
     assert "bf16" in capsys.readouterr().out
+
+
+def _ops_run(step, x) -> set[str]:
+    with torch.profiler.profile() as prof:
+        step(x)
+    return {event.name for event in prof.events()}
+
+
+def test_torch_adam_runs_the_step_with_torch_update_and_leaves_the_native_one_in_place(capsys):
+    """--torch-adam's step runs torch's fused Adam (not the native kernel) and puts the native update back after each
+    call, so the step it is compared with keeps its own."""
+    config = TrainConfig(model="gan", batch_size=8, kernels="native").resolved()
+    trainer = GANTrainer(config, torch.device("cpu"), None)
+    optimizers = list(trainer.optimizers.values())
+    if not all(opt.native for opt in optimizers):
+        pytest.skip("no native kernels here: nothing to compare with")
+    x = torch.rand(8, 784) * 2 - 1
+    torch_update_step = step_floor._with_torch_update(trainer.step, optimizers)
+    ran = _ops_run(torch_update_step, x)
+    assert "aten::_fused_adam_" in ran and "fastgen_native::adam_" not in ran
+    assert all(opt.native for opt in optimizers)
+    ran = _ops_run(trainer.step, x)
+    assert "fastgen_native::adam_" in ran and "aten::_fused_adam_" not in ran
+
+    result = step_floor.main(["--model", "vae", "--rounds", "1", "--eager", "--torch-adam"])
+    assert result["torch_adam_step"] > 0 and result["native_update_speedup"] > 0
+    assert "The same step with torch's update" in capsys.readouterr().out
