@@ -122,7 +122,7 @@ def main(argv=None) -> dict[str, float]:
             torch_adam_step = _with_torch_update(build_step(again, device, not args.eager, False, print), optimizers)
     operands = [(torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)) for m, k, n, dtype in shapes]
     # Adam alone as torch runs it: its fused update of the float32 parameters from float32 gradients. The step's own
-    # update (under --amp: bf16 gradients in, bf16 copies and the moving average out) counts in the rest.
+    # update (the moving average out; under --amp also bf16 gradients in and bf16 copies out) counts in the rest.
     optimizers = [StepAdam(opt.params, config.lr, config.betas, device) for opt in trainer.optimizers.values()]
     grads = [[torch.randn_like(p) * 1e-3 for p in opt.params] for opt in optimizers]
     batch_index = iter(range(10**9))
