@@ -244,7 +244,7 @@ void bce_kl_loss_backward(const float* grad_loss, const T* logits, const float* 
   }
 }
 
-// ---- Adam, reading bfloat16 gradients and writing a bfloat16 copy of the parameter in the same pass ----
+// ---- Adam from float32 or bfloat16 gradients, writing a bfloat16 copy and moving the average in the same pass ----
 
 // torch's lerp(a, b, w) on lanes: a + w (b - a) for |w| < 0.5, else b + (w - 1)(b - a), one fused multiply-add.
 struct LerpWeight {

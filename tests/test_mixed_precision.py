@@ -82,7 +82,7 @@ def test_no_weight_is_cast_inside_the_step(model):
 def test_the_step_computes_what_autocast_over_float32_weights_computed(model, kernels):
     """With torch's Adam the same bits as before the copies: weights, Adam's state, the moving average, the metrics.
     The native update agrees within float32 rounding: it rounds as torch's kernel does, except in the elements that
-    torch's scalar remainder loop updates in double (tests/test_native_adam.py)."""
+    torch's scalar remainder loop updates (tests/test_native_adam.py)."""
     before, torch_adam = _trainer(model, kernels, working_copies=False), _trainer(model, kernels, native_adam=False)
     native_adam = _trainer(model, kernels)
     for x in _batches(model):

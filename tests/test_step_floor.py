@@ -61,6 +61,10 @@ def test_torch_adam_runs_the_step_with_torch_update_and_leaves_the_native_one_in
     assert all(opt.native for opt in optimizers)
     ran = _ops_run(trainer.step, x)
     assert "fastgen_native::adam_" in ran and "aten::_fused_adam_" not in ran
+    # The copy that --torch-adam compiles is the step under a code object of its own (torch.compile caches per code).
+    again = step_floor._separate_copy(GANTrainer.step)
+    assert again.__code__ is not GANTrainer.step.__code__ and again.__code__.co_code == GANTrainer.step.__code__.co_code
+    assert again.__get__(trainer)(x).shape == trainer.step(x).shape
 
     result = step_floor.main(["--model", "vae", "--rounds", "1", "--eager", "--torch-adam"])
     assert result["torch_adam_step"] > 0 and result["native_update_speedup"] > 0

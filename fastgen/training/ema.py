@@ -1,10 +1,10 @@
 """An exponential moving average of a model's parameters, updated inside the training step.
 
 The average is a second set of tensors on the training device, updated after each optimizer step with
-one multi-tensor lerp: traceable by torch.compile(fullgraph=True), capturable in a CUDA graph, no host
-sync. It starts equal to the initial weights, with the usual warm-up: the t-th update uses
-min(decay, (1 + t) / (10 + t)), so a short run's average is not mostly its random initialisation
-(with decay 0.999 alone, 1,000 steps would leave 37% of it).
+one multi-tensor lerp (on the CPU, inside the native Adam update's pass): traceable by
+torch.compile(fullgraph=True), capturable in a CUDA graph, no host sync. It starts equal to the initial
+weights, with the usual warm-up: the t-th update uses min(decay, (1 + t) / (10 + t)), so a short run's
+average is not mostly its random initialisation (with decay 0.999 alone, 1,000 steps would leave 37% of it).
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ from fastgen.training.ema import EMA
 
 
 class StepAdam:
-    """torch's Adam update (its fused kernel, or its functional multi-tensor form) with the state and
-    the learning rate in device tensors.
+    """Adam (fastgen's native update on the CPU, else torch's fused kernel or its functional multi-tensor
+    form) with the state and the learning rate in device tensors.
 
     `torch.optim.Adam.step` breaks torch.compile graphs on purpose; the fused kernel (through
     `fastgen::fused_adam_`) and the functional `adam` do not. The state is Adam's: per parameter a
@@ -25,9 +25,8 @@ class StepAdam:
 
     On the CPU with `native` (float32, or bf16 copies), fastgen's native kernel does the update in one pass:
     it reads the gradients as they are (bf16 under --amp), writes the copies where there are any, and moves
-    the moving average (`average`). It rounds as torch's fused kernel does where that kernel runs vectorised,
-    and gives the same bits on any thread count (torch's kernel updates a few tail elements, which depend on
-    the thread count, in its scalar loop).
+    the moving average (`average`). It rounds as torch's fused kernel does where that kernel runs vectorised
+    (all but each tensor's last numel % 16 elements, which torch's scalar loop may round an ulp apart).
     """
 
     def __init__(
@@ -36,8 +35,8 @@ class StepAdam:
         self.params = list(params)
         self.lr = torch.tensor(float(lr), device=device)  # a tensor: changing it never recompiles
         self.betas = tuple(betas)
-        # CPU: the fused kernel (one pass over all parameters). CUDA: the multi-tensor update with
-        # step counters on the device, or the fused kernel where fp16 loss scaling needs `found_inf`.
+        # CPU (where the native update does not run): torch's fused kernel, one pass over all parameters. CUDA: the
+        # multi-tensor update with step counters on the device, or the fused kernel where fp16 loss scaling needs `found_inf`.
         self.fused = device.type == "cpu" if fused is None else fused
         self.capturable = device.type == "cuda"
         self.steps = [torch.zeros((), dtype=torch.float32, device=device) for _ in self.params]
