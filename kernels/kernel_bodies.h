@@ -258,8 +258,8 @@ inline typename V::F lerp_lanes(typename V::F a, typename V::F b, const LerpWeig
   return V::fma(coefficient, V::sub(b, a), w.small ? a : b);
 }
 
-template <class V, bool kBf16Grad, bool kCopy, bool kAverage>
-void adam_range(const AdamTensors& t, int64_t begin, int64_t end, const AdamConstants& c) {
+template <class V, bool kBf16Grad, bool kCopy, bool kAverage, bool kScalarLoopRounding>
+void adam_lanes(const AdamTensors& t, int64_t begin, int64_t end, const AdamConstants& c) {
   using F = typename V::F;
   const LerpWeight moment_weight(c.one_minus_beta1), average_weight(c.average_weight);
   const F moment_coefficient = V::set1(moment_weight.coefficient), average_coefficient = V::set1(average_weight.coefficient);
@@ -270,8 +270,10 @@ void adam_range(const AdamTensors& t, int64_t begin, int64_t end, const AdamCons
     const F g = kBf16Grad ? load<V>(static_cast<const uint16_t*>(t.grad) + i, n)
                           : load<V>(static_cast<const float*>(t.grad) + i, n);
     const F m = lerp_lanes<V>(V::loadn(t.exp_avg + i, n), g, moment_weight, moment_coefficient);
-    // (1 - beta2) g * g + beta2 v with one rounding, as torch's kernel computes it.
-    const F v = V::fma(V::mul(g, grad_weight2), g, V::mul(V::loadn(t.exp_avg_sq + i, n), beta2));
+    // beta2 v + (1 - beta2) g * g with one rounding, as torch's kernel computes it: its vector loop rounds
+    // beta2 v first, its scalar loop (1 - beta2) g * g.
+    const F v = kScalarLoopRounding ? V::fma(V::loadn(t.exp_avg_sq + i, n), beta2, V::mul(V::mul(g, grad_weight2), g))
+                                    : V::fma(V::mul(g, grad_weight2), g, V::mul(V::loadn(t.exp_avg_sq + i, n), beta2));
     V::storen(t.exp_avg + i, m, n);
     V::storen(t.exp_avg_sq + i, v, n);
     const F denom = V::add(V::div(V::sqrt(v), bc2_sqrt), eps);
@@ -282,6 +284,13 @@ void adam_range(const AdamTensors& t, int64_t begin, int64_t end, const AdamCons
       V::storen(t.average + i, lerp_lanes<V>(V::loadn(t.average + i, n), p, average_weight, average_coefficient), n);
     }
   }
+}
+
+template <class V, bool kBf16Grad, bool kCopy, bool kAverage>
+void adam_range(const AdamTensors& t, int64_t begin, int64_t end, const AdamConstants& c) {
+  const int64_t split = begin > t.scalar_from ? begin : (end < t.scalar_from ? end : t.scalar_from);  // within [begin, end]
+  adam_lanes<V, kBf16Grad, kCopy, kAverage, false>(t, begin, split, c);
+  adam_lanes<V, kBf16Grad, kCopy, kAverage, true>(t, split, end, c);
 }
 
 template <class V, bool kBf16Grad>

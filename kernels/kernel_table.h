@@ -34,6 +34,9 @@ struct AdamTensors {
   float* exp_avg_sq;
   uint16_t* copy;  // bfloat16 bits, or null
   float* average;  // the parameter's moving average, or null
+  // From this element on, the second moment rounds as in torch's scalar loop, which updates what is left
+  // after torch's whole vectors (the last numel % 8), so that every element matches torch's.
+  int64_t scalar_from;
 };
 
 struct KernelTable {

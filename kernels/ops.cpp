@@ -471,6 +471,10 @@ float* scalar(const at::Tensor& t, const char* name) {
   return t.data_ptr<float>();
 }
 
+// Where torch's fused CPU Adam (its AVX2 and AVX-512 kernels) switches to its scalar loop in a tensor: after the
+// last whole 8 floats (its 16-wide vectors, then 8-wide ones for the rest; measured element by element).
+constexpr int64_t kTorchAdamVectorFloats = 8;
+
 // Adam for float32 parameters from float32 or bfloat16 gradients, each step counter counted up first; in the
 // same pass each parameter's bfloat16 copy rewritten and its moving average moved towards it, where given.
 void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
@@ -507,7 +511,8 @@ void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                   exp_avgs[i].data_ptr<float>(),
                   exp_avg_sqs[i].data_ptr<float>(),
                   copies.empty() ? nullptr : bf16_bits_out(copies[i]),
-                  averages.empty() ? nullptr : averages[i].data_ptr<float>()};
+                  averages.empty() ? nullptr : averages[i].data_ptr<float>(),
+                  param.numel() / kTorchAdamVectorFloats * kTorchAdamVectorFloats};
     step_counters[i] = scalar(steps[i], "a step");
     starts.push_back(starts.back() + param.numel());
   }

@@ -25,8 +25,8 @@ class StepAdam:
 
     On the CPU with `native` (float32, or bf16 copies), fastgen's native kernel does the update in one pass:
     it reads the gradients as they are (bf16 under --amp), writes the copies where there are any, and moves
-    the moving average (`average`). It rounds as torch's fused kernel does where that kernel runs vectorised
-    (all but each tensor's last numel % 16 elements, which torch's scalar loop may round an ulp apart).
+    the moving average (`average`). It gives torch's fused kernel's bits (its AVX2 and AVX-512 kernels) in every
+    element, on any thread count.
     """
 
     def __init__(
