@@ -270,8 +270,8 @@ void adam_lanes(const AdamTensors& t, int64_t begin, int64_t end, const AdamCons
     const F g = kBf16Grad ? load<V>(static_cast<const uint16_t*>(t.grad) + i, n)
                           : load<V>(static_cast<const float*>(t.grad) + i, n);
     const F m = lerp_lanes<V>(V::loadn(t.exp_avg + i, n), g, moment_weight, moment_coefficient);
-    // beta2 v + (1 - beta2) g * g with one rounding, as torch's kernel computes it: its vector loop rounds
-    // beta2 v first, its scalar loop (1 - beta2) g * g.
+    // beta2 v + (1 - beta2) g * g with one fused multiply-add, as torch's kernel computes it: its vector loop
+    // rounds beta2 v first, its scalar loop (1 - beta2) g * g.
     const F v = kScalarLoopRounding ? V::fma(V::loadn(t.exp_avg_sq + i, n), beta2, V::mul(V::mul(g, grad_weight2), g))
                                     : V::fma(V::mul(g, grad_weight2), g, V::mul(V::loadn(t.exp_avg_sq + i, n), beta2));
     V::storen(t.exp_avg + i, m, n);
