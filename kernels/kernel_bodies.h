@@ -6,6 +6,7 @@
 // without contraction into fused multiply-adds (CMakeLists.txt passes -ffp-contract=off).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "kernel_table.h"
@@ -288,7 +289,7 @@ void adam_lanes(const AdamTensors& t, int64_t begin, int64_t end, const AdamCons
 
 template <class V, bool kBf16Grad, bool kCopy, bool kAverage>
 void adam_range(const AdamTensors& t, int64_t begin, int64_t end, const AdamConstants& c) {
-  const int64_t split = begin > t.scalar_from ? begin : (end < t.scalar_from ? end : t.scalar_from);  // within [begin, end]
+  const int64_t split = std::clamp(t.scalar_from, begin, end);
   adam_lanes<V, kBf16Grad, kCopy, kAverage, false>(t, begin, split, c);
   adam_lanes<V, kBf16Grad, kCopy, kAverage, true>(t, split, end, c);
 }
